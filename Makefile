@@ -1,0 +1,47 @@
+# nucseg: `make help` lists the targets. Every target creates and reuses .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-fast train compare bench lint clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv and install nucseg with the tested pins
+
+demo: $(STAMP) ## Train U-Net, ResUNet and LinkNet-34 on synthetic H&E, test each, print the table
+	$(PY) train.py -m experiment=demo model=unet,resunet,linknet34
+	$(PY) -m nucseg.compare
+
+test: $(STAMP) ## Run the whole test suite (slow tests included)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## Run the tests not marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+train: $(STAMP) ## Train with the defaults (ARGS="model=resunet ..." to override)
+	$(PY) train.py $(ARGS)
+
+compare: $(STAMP) ## Compare the runs of the newest multirun (or DIRS="logs/multiruns/...")
+	$(PY) -m nucseg.compare $(DIRS)
+
+bench: $(STAMP) ## Inference benchmark (needs the bench extra: MONAI, psutil)
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'
+	$(PY) benchmarks/inference.py
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check .
+
+clean: ## Remove caches (keeps .venv and logs)
+	rm -rf .pytest_cache .ruff_cache .cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,168 @@
+"""Training curves per model from the TensorBoard event files of runs.
+
+Event files, not metrics.json, are the source because they hold every epoch, and they exist
+for runs that crashed half way. Lightning logs epoch metrics at the global step, so each point
+is mapped to an epoch with the ``epoch`` scalar Lightning writes in the same logging call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nucseg.compare.collect import RunRecord
+
+log = logging.getLogger(__name__)
+
+# (panel title, metric name); tags are "<split>/<metric>" per docs/architecture.md.
+PANELS: tuple[tuple[str, str], ...] = (("Loss", "loss"), ("Accuracy", "accuracy"), ("Dice", "dice"), ("IoU", "iou"))
+SPLITS: tuple[str, ...] = ("train", "val")
+EPOCH_TAG = "epoch"
+
+# epoch -> value for one tag of one run
+Curve = dict[int, float]
+
+
+def event_dirs(run_dir: Path) -> list[Path]:
+    """Folders under ``<run_dir>/tensorboard`` that hold event files (one per logger version)."""
+    root = Path(run_dir) / "tensorboard"
+    if not root.is_dir():
+        return []
+    return sorted({path.parent for path in root.rglob("events.out.tfevents.*")})
+
+
+def read_epoch_curves(run_dir: Path, tags: Sequence[str] | None = None) -> dict[str, Curve]:
+    """Read the epoch-level scalars of one run as ``{tag: {epoch: value}}``.
+
+    Args:
+        run_dir: a run directory with a ``tensorboard/`` folder.
+        tags: the tags to read; default every ``<split>/<metric>`` of :data:`PANELS`. A tag
+            that is missing is simply absent from the result. ``<tag>_epoch`` is accepted for
+            ``<tag>``, which Lightning writes when a metric is logged both per step and per epoch.
+
+    Returns:
+        Curves keyed by the requested tag; a later value for the same epoch (a resumed run)
+        replaces an earlier one.
+    """
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    wanted = list(tags) if tags is not None else [f"{split}/{metric}" for split in SPLITS for _, metric in PANELS]
+    curves: dict[str, Curve] = {}
+    for folder in event_dirs(run_dir):
+        accumulator = ea.EventAccumulator(
+            str(folder),
+            size_guidance={ea.SCALARS: 0, ea.IMAGES: 1, ea.HISTOGRAMS: 1, ea.TENSORS: 1, ea.AUDIO: 1},
+        )
+        try:
+            accumulator.Reload()
+        except Exception as exc:  # a truncated event file of a killed run must not stop the comparison
+            log.warning("%s: cannot read TensorBoard events (%s)", folder, exc)
+            continue
+        available = set(accumulator.Tags().get("scalars", []))
+        epochs = _epoch_lookup(accumulator.Scalars(EPOCH_TAG)) if EPOCH_TAG in available else None
+        for tag in wanted:
+            source = tag if tag in available else f"{tag}_epoch" if f"{tag}_epoch" in available else None
+            if source is None:
+                continue
+            events = sorted(accumulator.Scalars(source), key=lambda event: event.wall_time)
+            curve = curves.setdefault(tag, {})
+            for index, event in enumerate(events):
+                epoch = epochs(event.step, event.wall_time) if epochs else None
+                curve[index if epoch is None else epoch] = float(event.value)
+    return curves
+
+
+def _epoch_lookup(epoch_events: Sequence[object]):
+    """Return ``(step, wall_time) -> epoch`` from Lightning's ``epoch`` scalar.
+
+    Several logging calls can share a global step (a training epoch's end and the following
+    validation); the ``epoch`` value written closest in time to the point is the one from the
+    same call.
+    """
+    by_step: dict[int, list[tuple[float, int]]] = {}
+    for event in epoch_events:
+        by_step.setdefault(int(event.step), []).append((float(event.wall_time), int(round(event.value))))
+
+    def lookup(step: int, wall_time: float) -> int | None:
+        candidates = by_step.get(int(step))
+        if not candidates:
+            return None
+        return min(candidates, key=lambda candidate: abs(candidate[0] - wall_time))[1]
+
+    return lookup
+
+
+def mean_curve(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and standard deviation over runs (seeds), over the epochs any run has."""
+    epochs = sorted(set().union(*(curve.keys() for curve in curves)))
+    means, stds = [], []
+    for epoch in epochs:
+        values = [curve[epoch] for curve in curves if epoch in curve]
+        means.append(float(np.mean(values)))
+        stds.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+    return np.asarray(epochs), np.asarray(means), np.asarray(stds)
+
+
+def plot_curves(curves_by_label: Mapping[str, Sequence[Mapping[str, Curve]]], path: str | Path) -> Path | None:
+    """Draw Loss, Accuracy, Dice and IoU per epoch: one colour per model, train solid, val dashed.
+
+    Args:
+        curves_by_label: row label -> one ``{tag: curve}`` per run of that row; several runs
+            (seeds) are drawn as their mean with a ± std band.
+        path: the PNG to write (atomically).
+
+    Returns:
+        The written path, or None when no curve has a point (nothing worth a figure).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from nucseg.utils.atomic import atomic_path
+
+    if not any(curve for runs in curves_by_label.values() for run in runs for curve in run.values()):
+        return None
+    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+    for axis, (title, metric) in zip(axes.flat, PANELS, strict=True):
+        for index, (label, runs) in enumerate(curves_by_label.items()):
+            colour = colours(index % 10)
+            for split, style in zip(SPLITS, ("-", "--"), strict=True):
+                found = [run[f"{split}/{metric}"] for run in runs if run.get(f"{split}/{metric}")]
+                if not found:
+                    continue
+                epochs, mean, std = mean_curve(found)
+                # Lightning counts epochs from 0; readers count from 1.
+                axis.plot(epochs + 1, mean, style, color=colour, marker="o" if len(epochs) < 12 else None, markersize=3)
+                if len(found) > 1:
+                    axis.fill_between(epochs + 1, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(True, alpha=0.3)
+        if not axis.lines:
+            axis.text(0.5, 0.5, f"no {metric} logged", ha="center", va="center", transform=axis.transAxes)
+    handles = [Line2D([], [], color=colours(i % 10), label=label) for i, label in enumerate(curves_by_label)]
+    handles += [Line2D([], [], color="grey", linestyle=style, label=split) for split, style in zip(SPLITS, ("-", "--"), strict=True)]
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+    plt.close(figure)
+    return Path(path)
+
+
+def curves_for_runs(runs_by_label: Mapping[str, Sequence[RunRecord]]) -> dict[str, list[dict[str, Curve]]]:
+    """Read the curves of every run, keyed by row label; runs without events are left out."""
+    result: dict[str, list[dict[str, Curve]]] = {}
+    for label, runs in runs_by_label.items():
+        for run in runs:
+            curves = read_epoch_curves(run.path)
+            if curves:
+                result.setdefault(label, []).append(curves)
+            else:
+                log.warning("%s: no epoch scalars in tensorboard/, left out of curves.png", run.path)
+    return result

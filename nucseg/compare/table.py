@@ -1,0 +1,366 @@
+"""Group runs into rows and render the comparison table as Markdown, CSV and a rich table.
+
+Runs that share a model and a config, apart from the seed, are one row with mean ± sample
+standard deviation (ddof=1), because that is how a seed sweep is read. A run that did not
+finish is a row of its own that says why, so that nothing a user started disappears silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nucseg.compare.collect import RunRecord
+
+# Keys of metrics.json's "test" block that are pixel metrics; any other numeric key there
+# (AJI, PQ, object F1, ...) is an instance metric and gets its own column when present.
+PIXEL_TEST_KEYS = (
+    "loss",
+    "dice",
+    "iou",
+    "accuracy",
+    "precision",
+    "recall",
+    "dice_per_image",
+    "iou_per_image",
+    "accuracy_per_image",
+    "num_images",
+)
+RUN_KEYS = ("params", "train_time_s", "train_patches_per_s", "epochs")
+
+# Config keys that differ between runs of one sweep without making them different
+# experiments: the seed and everything that names the run's own folder.
+IGNORED_CONFIG_KEYS = frozenset(
+    {"seed", "run_name", "output_dir", "run_dir", "save_dir", "log_dir", "dirpath", "default_root_dir", "ckpt_path"}
+)
+_KNOWN_TITLES = {"aji": "AJI", "pq": "PQ", "dq": "DQ", "sq": "SQ", "f1": "F1", "object_f1": "Object F1"}
+_LOWER_IS_BETTER_WORDS = ("loss", "error", "hausdorff", "hd95", "distance", "time")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One numeric column of the table.
+
+    Attributes:
+        key: dotted path into metrics.json (``test.dice``, ``params``).
+        title: the header shown to the reader.
+        kind: ``metric``, ``params``, ``time`` or ``rate``; picks the number format.
+        higher_is_better: direction used to bold the best value.
+    """
+
+    key: str
+    title: str
+    kind: str
+    higher_is_better: bool
+
+
+@dataclass
+class RunGroup:
+    """A table row: finished runs of one configuration, or one unfinished run."""
+
+    label: str
+    model: str
+    status: str
+    runs: list[RunRecord]
+    error: str | None = None
+    config_key: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the row holds test metrics."""
+        return all(run.finished for run in self.runs)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The known seeds of the runs in this row, sorted."""
+        return sorted(run.seed for run in self.runs if run.seed is not None)
+
+    def values(self, key: str) -> list[float]:
+        """Finite numeric values of ``key`` over the row's runs."""
+        found = []
+        for run in self.runs:
+            value = _lookup(run.metrics or {}, key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                found.append(float(value))
+        return found
+
+    def mean(self, key: str) -> float | None:
+        """Mean of ``key`` over the row's runs, None when no run has it."""
+        values = self.values(key)
+        return statistics.fmean(values) if values else None
+
+    def std(self, key: str) -> float | None:
+        """Sample standard deviation of ``key``, None for fewer than two runs."""
+        values = self.values(key)
+        return statistics.stdev(values) if len(values) >= 2 else None
+
+
+@dataclass
+class ComparisonTable:
+    """Rows, columns and the best row per column; renders itself in three formats."""
+
+    groups: list[RunGroup]
+    columns: list[Column]
+    best: dict[str, set[int]] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> list[str]:
+        """Header row shared by the Markdown and rich renderings."""
+        return ["Model", "Runs", *(column.title for column in self.columns), "Status"]
+
+    def cells(self, index: int) -> list[tuple[str, bool]]:
+        """The row's cell texts, each with whether it is the column's best."""
+        group = self.groups[index]
+        row = [(group.label, False), (_runs_text(group), False)]
+        for column in self.columns:
+            text = format_value(group, column) if group.finished else "—"
+            row.append((text, index in self.best.get(column.key, set())))
+        row.append((_status_text(group), False))
+        return row
+
+    def to_markdown(self) -> str:
+        """A GitHub Markdown table, best value per column in bold."""
+        lines = [_md_row(self.headers), _md_row(["---"] * 2 + ["---:"] * len(self.columns) + ["---"])]
+        for index in range(len(self.groups)):
+            lines.append(_md_row([f"**{text}**" if best else text for text, best in self.cells(index)]))
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        """Every numeric key as ``<key>_mean`` and ``<key>_std``, full precision, one row per group."""
+        keys = _all_numeric_keys(self.groups)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(
+            ["label", "model", "status", "error", "n_runs", "seeds", "runs"]
+            + [f"{key}_{stat}" for key in keys for stat in ("mean", "std")]
+        )
+        for group in self.groups:
+            row: list[Any] = [
+                group.label,
+                group.model,
+                group.status,
+                group.error or "",
+                len(group.runs),
+                ";".join(str(seed) for seed in group.seeds),
+                ";".join(str(run.path) for run in group.runs),
+            ]
+            for key in keys:
+                mean, std = group.mean(key), group.std(key)
+                row += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+            writer.writerow(row)
+        return buffer.getvalue()
+
+    def to_rich(self, title: str | None = None) -> Any:
+        """A ``rich.table.Table`` with the Markdown's cells; best in bold, failures in red."""
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=title, show_lines=False)
+        for index, header in enumerate(self.headers):
+            numeric = 2 <= index < 2 + len(self.columns)
+            table.add_column(header, justify="right" if numeric else "left")
+        for index, group in enumerate(self.groups):
+            row_style = "" if group.finished else ("red" if group.status != "running or crashed" else "yellow")
+            table.add_row(
+                *(Text(text, style="bold" if best else row_style) for text, best in self.cells(index))
+            )
+        return table
+
+
+def build_table(runs: Sequence[RunRecord]) -> ComparisonTable:
+    """Group ``runs`` into rows, choose the columns and mark the best row of each column."""
+    groups = group_runs(runs)
+    columns = _columns(groups)
+    table = ComparisonTable(groups=groups, columns=columns)
+    for column in columns:
+        table.best[column.key] = _best_rows(groups, column)
+    return table
+
+
+def group_runs(runs: Sequence[RunRecord]) -> list[RunGroup]:
+    """Finished runs of one model and one config (seed aside) share a row; others stand alone.
+
+    Rows keep the order in which their first run appears (Hydra's job order).
+    """
+    groups: list[RunGroup] = []
+    by_key: dict[tuple[str, str], RunGroup] = {}
+    for run in runs:
+        if not run.finished:
+            groups.append(RunGroup(label=run.model, model=run.model, status=run.status, runs=[run], error=run.error))
+            continue
+        key = (run.model, config_identity(run))
+        if key in by_key:
+            by_key[key].runs.append(run)
+        else:
+            group = RunGroup(label=run.model, model=run.model, status=run.status, runs=[run], config_key=key[1])
+            by_key[key] = group
+            groups.append(group)
+    _disambiguate_labels([group for group in groups if group.finished])
+    return groups
+
+
+def config_identity(run: RunRecord) -> str:
+    """A canonical string of the run's config without the seed and run-specific paths."""
+    return json.dumps(_comparable_config(run), sort_keys=True, default=str)
+
+
+def format_value(group: RunGroup, column: Column) -> str:
+    """Format the row's mean (± std) of ``column`` for a reader; ``—`` when absent."""
+    mean, std = group.mean(column.key), group.std(column.key)
+    if mean is None:
+        return "—"
+    if column.kind == "params":
+        return f"{mean / 1e6:.2f} M"
+    if column.kind == "time":
+        scale, unit = (3600.0, "h") if mean >= 3600 else (60.0, "min") if mean >= 60 else (1.0, "s")
+        digits = 0 if unit == "s" else 1
+        text = f"{mean / scale:.{digits}f}"
+        return f"{text} ± {std / scale:.{digits}f} {unit}" if std is not None else f"{text} {unit}"
+    digits = 1 if column.kind == "rate" else 4
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def _columns(groups: Iterable[RunGroup]) -> list[Column]:
+    """The reference's four metrics, run costs, then instance metrics that any run reports."""
+    columns = [
+        Column("test.loss", "Loss", "metric", higher_is_better=False),
+        Column("test.dice", "Dice", "metric", higher_is_better=True),
+        Column("test.accuracy", "Accuracy", "metric", higher_is_better=True),
+        Column("test.iou", "IoU", "metric", higher_is_better=True),
+    ]
+    instance_keys: list[str] = []
+    for group in groups:
+        for run in group.runs:
+            for key, value in ((run.metrics or {}).get("test") or {}).items():
+                numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if numeric and key not in PIXEL_TEST_KEYS and key not in instance_keys:
+                    instance_keys.append(key)
+    for key in instance_keys:
+        lower = any(word in key.lower() for word in _LOWER_IS_BETTER_WORDS)
+        columns.append(Column(f"test.{key}", _KNOWN_TITLES.get(key, key), "metric", higher_is_better=not lower))
+    columns += [
+        Column("params", "Params", "params", higher_is_better=False),
+        Column("train_time_s", "Train time", "time", higher_is_better=False),
+        Column("train_patches_per_s", "Patches/s", "rate", higher_is_better=True),
+    ]
+    return columns
+
+
+def _best_rows(groups: Sequence[RunGroup], column: Column) -> set[int]:
+    """Indices of the rows holding the column's best mean; none when fewer than two rows compete."""
+    means = {i: group.mean(column.key) for i, group in enumerate(groups) if group.finished}
+    means = {i: value for i, value in means.items() if value is not None}
+    if len(means) < 2:
+        return set()
+    best = max(means.values()) if column.higher_is_better else min(means.values())
+    return {i for i, value in means.items() if math.isclose(value, best, rel_tol=0.0, abs_tol=1e-12)}
+
+
+def _disambiguate_labels(groups: list[RunGroup]) -> None:
+    """Append ``key=value`` of differing config keys to labels of rows that share a model."""
+    by_model: dict[str, list[RunGroup]] = {}
+    for group in groups:
+        by_model.setdefault(group.model, []).append(group)
+    for same_model in by_model.values():
+        if len(same_model) < 2:
+            continue
+        flats = [_flatten(_comparable_config(group.runs[0])) for group in same_model]
+        keys = sorted(set().union(*flats))
+        differing = [key for key in keys if len({json.dumps(flat.get(key), default=str) for flat in flats}) > 1]
+        for group, flat in zip(same_model, flats, strict=True):
+            parts = [f"{key}={_short(flat.get(key))}" for key in differing[:3]]
+            if len(differing) > 3:
+                parts.append("…")
+            group.label = f"{group.model} ({', '.join(parts)})" if parts else group.model
+        _number_duplicates(same_model)
+
+
+def _number_duplicates(groups: list[RunGroup]) -> None:
+    """Make labels unique when configs differ only in keys too long to show."""
+    seen: dict[str, int] = {}
+    for group in groups:
+        count = seen.get(group.label, 0)
+        seen[group.label] = count + 1
+        if count:
+            group.label = f"{group.label} #{count + 1}"
+
+
+def _comparable_config(run: RunRecord) -> dict[str, Any]:
+    """The run's config without ignored keys and without values that name the run's folder."""
+    run_markers = {str(run.path), run.path.name, run.name}
+
+    def keep(key: str, value: Any) -> bool:
+        if key in IGNORED_CONFIG_KEYS or key == "hydra":
+            return False
+        return not (isinstance(value, str) and any(marker and marker in value for marker in run_markers))
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: strip(value) for key, value in node.items() if keep(str(key), value)}
+        if isinstance(node, list):
+            return [strip(value) for value in node]
+        return node
+
+    return strip(run.config or (run.metrics or {}).get("config") or {})
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b": value}``; lists stay whole values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _all_numeric_keys(groups: Iterable[RunGroup]) -> list[str]:
+    """Every numeric ``test.*`` key and run key any row reports, in schema order."""
+    keys = [f"test.{key}" for key in PIXEL_TEST_KEYS]
+    for group in groups:
+        for run in group.runs:
+            for key, value in ((run.metrics or {}).get("test") or {}).items():
+                if isinstance(value, (int, float)) and f"test.{key}" not in keys:
+                    keys.append(f"test.{key}")
+    return keys + list(RUN_KEYS)
+
+
+def _lookup(mapping: dict[str, Any], dotted: str) -> Any:
+    """``mapping["a"]["b"]`` for ``"a.b"``, None when any level is missing."""
+    node: Any = mapping
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _runs_text(group: RunGroup) -> str:
+    """``2 (seeds 0, 1)``: how many runs a row averages, and which seeds."""
+    seeds = group.seeds
+    if not seeds:
+        return str(len(group.runs))
+    word = "seed" if len(seeds) == 1 else "seeds"
+    return f"{len(group.runs)} ({word} {', '.join(map(str, seeds))})"
+
+
+def _status_text(group: RunGroup) -> str:
+    """``finished``, or the status with its reason."""
+    return f"{group.status}: {group.error}" if group.error else group.status
+
+
+def _short(value: Any, limit: int = 24) -> str:
+    """A config value short enough for a row label."""
+    text = json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _md_row(cells: Iterable[str]) -> str:
+    """One Markdown table row, with pipes inside cells escaped."""
+    return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"

@@ -1,0 +1,14 @@
+"""Inference: sliding-window prediction, test-time augmentation, streaming of large images."""
+
+from nucseg.inference.sliding_window import TileGrid, sliding_window_predict, tile_starts
+from nucseg.inference.tta import TTA_MODES, D4Transform, tta_forward, tta_transforms
+
+__all__ = [
+    "TTA_MODES",
+    "D4Transform",
+    "TileGrid",
+    "sliding_window_predict",
+    "tile_starts",
+    "tta_forward",
+    "tta_transforms",
+]

@@ -1,0 +1,329 @@
+"""Sliding-window prediction of images larger than what the network is run on.
+
+The image is covered by tiles of ``tile_size`` spaced evenly so that neighbours share at least
+``overlap`` pixels; tiles from all images of the batch are stacked ``batch_size`` at a time
+through the network, and the tile logits are blended into one map of exactly the input's size.
+
+Blending. Each tile's logits are weighted by a separable map (a Gaussian with sigma = tile / 8,
+as in nnU-Net and MONAI, or flat) and the weighted sum is divided by the sum of weights. Two
+rules make the stitched map equal the untiled prediction of a translation-equivariant network:
+
+- the outer ``overlap // 4`` pixels of a tile side that faces another tile get weight 0: a
+  network's zero padding corrupts its output there, and only there if its receptive-field radius
+  is at most ``overlap // 4`` (i.e. the receptive field fits in half the overlap);
+- a tile side that lies on the image border keeps full weight from the border to the tile
+  centre: those pixels are seen by no other tile, and the network sees the same image border as
+  when it predicts the whole image, so nothing is gained by down-weighting them.
+
+Padding. An image (axis) smaller than a tile is padded up to one tile, by reflection where the
+image is large enough for it and by edge replication otherwise. ``border_pad`` adds reflected
+context around every image (the U-Net "overlap-tile" strategy) so that border pixels are
+predicted with image-like context instead of the network's zero padding; it costs extra tiles,
+so it is off by default (random training crops, too, see zero padding at their borders).
+
+Cost. Weights are computed once per call; per tile there is one slice copy and one fused
+multiply-add into a preallocated accumulator on the network's device, with no host syncs until
+the final result is returned, so the engine adds little over the network's own forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nucseg.inference.tta import TTA_MODES, tta_forward
+
+BLEND_MODES = ("gaussian", "flat")
+GAUSSIAN_SIGMA_SCALE = 0.125
+MIN_WEIGHT = 1e-6  # floor of the Gaussian inside a tile, so far corners still count
+
+
+def sliding_window_predict(
+    images: torch.Tensor,
+    predict_fn: Callable[[torch.Tensor], torch.Tensor],
+    tile_size: int | tuple[int, int] = 256,
+    overlap: int | float = 64,
+    batch_size: int = 8,
+    blend: str = "gaussian",
+    tta: str = "none",
+    pad_mode: str = "reflect",
+    amp: bool | None = None,
+    progress: bool = False,
+    tile_multiple: int = 32,
+    border_pad: int = 0,
+) -> torch.Tensor:
+    """Predict ``images`` tile by tile and blend the tiles into full-size logits.
+
+    Args:
+        images: (B, 3, H, W) or (3, H, W) float images in [0, 1] on any device.
+        predict_fn: Maps (b, 3, h, w) to (b, C, h, w) logits, e.g. a ``SegmentationModule`` or a
+            bare ``nn.Module``. Tiles are sent to the device of its parameters (if it has any),
+            otherwise they stay on the input's device.
+        tile_size: Tile side, or (height, width), in pixels.
+        overlap: Minimum pixels shared by neighbouring tiles (int), or a fraction of the tile
+            side (float in [0, 1)).
+        batch_size: Tiles per forward call.
+        blend: ``"gaussian"`` or ``"flat"`` tile weights (see the module docstring).
+        tta: ``"none"``, ``"flips"`` or ``"d4"`` test-time augmentation (see ``tta.py``).
+        pad_mode: ``F.pad`` mode used to pad images smaller than a tile and for ``border_pad``;
+            ``"reflect"`` falls back to ``"replicate"`` where the image is too small to reflect.
+        amp: Autocast the forward pass; ``None`` enables it on CUDA only.
+        progress: Show a tqdm bar over tile batches.
+        tile_multiple: Each tile side must be a multiple of this; 32 suits the encoders of
+            segmentation_models_pytorch and U-Nets of depth <= 5. Use 1 to disable the check.
+        border_pad: Pixels of reflected context added around each image before tiling.
+
+    Returns:
+        (B, C, H, W) float32 blended logits (or (C, H, W) for an unbatched input) on the input's
+        device.
+
+    Raises:
+        ValueError: For a malformed input, tile, overlap, blend or TTA setting, or a network
+            output of the wrong shape.
+    """
+    unbatched = images.ndim == 3
+    batch = images.unsqueeze(0) if unbatched else images
+    if batch.ndim != 4 or not batch.is_floating_point():
+        raise ValueError(
+            f"sliding_window_predict: expected float images (B, C, H, W) or (C, H, W), "
+            f"got {tuple(images.shape)} {images.dtype}"
+        )
+    tile = _pair(tile_size, "tile_size")
+    _check_settings(tile, batch_size, blend, tta, tile_multiple, border_pad)
+    overlap_px = tuple(_overlap_pixels(overlap, side) for side in tile)
+    out_device = batch.device
+    device = _module_device(predict_fn) or out_device
+    use_amp = (device.type == "cuda") if amp is None else amp
+
+    with torch.inference_mode():
+        padded, (top, left) = _pad_for_tiling(batch.to(device), tile, border_pad, pad_mode)
+        height, width = batch.shape[-2:]
+        grid = TileGrid(padded.shape[-2:], tile, overlap_px, blend, device)
+        logits = _predict_tiles(padded, predict_fn, grid, batch_size, tta, use_amp, progress)
+        logits = logits[:, :, top : top + height, left : left + width]
+        weights = grid.weight_sum()[top : top + height, left : left + width]
+        result = (logits / weights).to(out_device)
+    return result[0] if unbatched else result
+
+
+class TileGrid:
+    """Tile positions and blending weights for one padded image size.
+
+    Args:
+        size: (height, width) of the padded image.
+        tile: (height, width) of a tile; no larger than ``size``.
+        overlap: Minimum (vertical, horizontal) overlap in pixels.
+        blend: ``"gaussian"`` or ``"flat"``.
+        device: Where the weight maps live (the accumulator's device).
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int] | torch.Size,
+        tile: tuple[int, int],
+        overlap: tuple[int, int],
+        blend: str,
+        device: torch.device,
+    ) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.tile = tile
+        self.starts = tuple(tile_starts(length, side, ov) for length, side, ov in zip(self.size, tile, overlap))
+        profiles = [
+            {key: _axis_profile(side, ov // 4, blend, *key) for key in ((a, b) for a in (0, 1) for b in (0, 1))}
+            for side, ov in zip(tile, overlap)
+        ]
+        self._maps: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        for ky in profiles[0]:
+            for kx in profiles[1]:
+                weight = profiles[0][ky][:, None] * profiles[1][kx][None, :]
+                self._maps[(*ky, *kx)] = weight.to(device=device, dtype=torch.float32)
+        self.device = device
+
+    def positions(self) -> Iterator[tuple[int, int]]:
+        """Yield the (top, left) corner of every tile, row by row."""
+        for y in self.starts[0]:
+            for x in self.starts[1]:
+                yield y, x
+
+    def weight(self, y: int, x: int) -> torch.Tensor:
+        """The (tile_h, tile_w) weight map of the tile whose corner is (y, x)."""
+        ys, xs = self.starts
+        return self._maps[(int(y == ys[0]), int(y == ys[-1]), int(x == xs[0]), int(x == xs[-1]))]
+
+    def weight_sum(self) -> torch.Tensor:
+        """The (H, W) sum of the weights of all tiles covering each pixel (positive everywhere)."""
+        total = torch.zeros(self.size, dtype=torch.float32, device=self.device)
+        th, tw = self.tile
+        for y, x in self.positions():
+            total[y : y + th, x : x + tw] += self.weight(y, x)
+        return total.clamp_min_(MIN_WEIGHT)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spaced tile starts covering ``[0, length)`` with at least ``overlap`` shared pixels.
+
+    The first tile starts at 0 and the last ends at ``length``; the fewest tiles are used, so the
+    actual overlap is between ``overlap`` and ``overlap + stride``.
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = math.ceil((length - tile) / stride) + 1
+    span = length - tile
+    return [round(index * span / (count - 1)) for index in range(count)]
+
+
+def _axis_profile(tile: int, trim: int, blend: str, first: int, last: int) -> torch.Tensor:
+    """1-D tile weight: Gaussian or flat, 0 on ``trim`` pixels of inner sides, full on border sides.
+
+    ``first``/``last`` say that the tile's start/end side lies on the image border.
+    """
+    if blend == "gaussian":
+        coords = torch.arange(tile, dtype=torch.float64) - (tile - 1) / 2
+        profile = torch.exp(-0.5 * (coords / (GAUSSIAN_SIGMA_SCALE * tile)) ** 2)
+        profile = (profile / profile.max()).clamp_min(MIN_WEIGHT)
+    else:
+        profile = torch.ones(tile, dtype=torch.float64)
+    half = tile // 2
+    if first:
+        profile[:half] = 1.0
+    elif trim:
+        profile[:trim] = 0.0
+    if last:
+        profile[tile - half :] = 1.0
+    elif trim:
+        profile[tile - trim :] = 0.0
+    return profile
+
+
+def _predict_tiles(
+    padded: torch.Tensor,
+    predict_fn: Callable[[torch.Tensor], torch.Tensor],
+    grid: TileGrid,
+    batch_size: int,
+    tta: str,
+    use_amp: bool,
+    progress: bool,
+) -> torch.Tensor:
+    """Run all tiles through ``predict_fn`` and return the weighted sum of their logits."""
+    th, tw = grid.tile
+    jobs = [(index, y, x) for index in range(padded.shape[0]) for y, x in grid.positions()]
+    batches = range(0, len(jobs), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="tiles", unit="batch", leave=False)
+    accumulator: torch.Tensor | None = None
+    for start in batches:
+        chunk = jobs[start : start + batch_size]
+        tiles = torch.stack([padded[index, :, y : y + th, x : x + tw] for index, y, x in chunk])
+        with _autocast(padded.device, use_amp):
+            logits = tta_forward(predict_fn, tiles, tta)
+        if logits.ndim != 4 or logits.shape[0] != len(chunk) or tuple(logits.shape[-2:]) != (th, tw):
+            raise ValueError(
+                f"sliding_window_predict: predict_fn returned {tuple(logits.shape)} for tiles "
+                f"{tuple(tiles.shape)}; expected (b, C, {th}, {tw})"
+            )
+        logits = logits.float()
+        if accumulator is None:
+            accumulator = padded.new_zeros((padded.shape[0], logits.shape[1], *grid.size), dtype=torch.float32)
+        for k, (index, y, x) in enumerate(chunk):
+            accumulator[index, :, y : y + th, x : x + tw].addcmul_(logits[k], grid.weight(y, x))
+    assert accumulator is not None
+    return accumulator
+
+
+def _pad_for_tiling(
+    images: torch.Tensor, tile: tuple[int, int], border_pad: int, pad_mode: str
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad by ``border_pad`` on every side, then up to one tile; return the (top, left) offset."""
+    top = left = 0
+    if border_pad:
+        images = _pad(images, (border_pad,) * 4, pad_mode)
+        top = left = border_pad
+    missing_h = max(0, tile[0] - images.shape[-2])
+    missing_w = max(0, tile[1] - images.shape[-1])
+    if missing_h or missing_w:
+        pads = (missing_w // 2, missing_w - missing_w // 2, missing_h // 2, missing_h - missing_h // 2)
+        images = _pad(images, pads, pad_mode)
+        top += missing_h // 2
+        left += missing_w // 2
+    return images, (top, left)
+
+
+def _pad(images: torch.Tensor, pads: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """``F.pad`` of (left, right, top, bottom); reflection needs pads smaller than the side."""
+    if mode == "reflect" and (max(pads[:2]) >= images.shape[-1] or max(pads[2:]) >= images.shape[-2]):
+        mode = "replicate"
+    if mode == "constant":
+        return F.pad(images, pads, mode="constant", value=0.0)
+    return F.pad(images, pads, mode=mode)
+
+
+@contextlib.contextmanager
+def _autocast(device: torch.device, enabled: bool) -> Iterator[None]:
+    """Autocast to float16 on CUDA and bfloat16 elsewhere, or do nothing."""
+    if not enabled:
+        yield
+        return
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def _module_device(predict_fn: Any) -> torch.device | None:
+    """The device of ``predict_fn``'s parameters (a module or a bound method of one), if any."""
+    module = predict_fn if isinstance(predict_fn, nn.Module) else getattr(predict_fn, "__self__", None)
+    if not isinstance(module, nn.Module):
+        return None
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """Turn ``n`` or ``(h, w)`` into a pair of positive ints."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"sliding_window_predict: {name} must be a positive int or (h, w), got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _overlap_pixels(overlap: int | float, side: int) -> int:
+    """Overlap in pixels for a tile side: an int as is, a float in [0, 1) as a fraction."""
+    if isinstance(overlap, float):
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"sliding_window_predict: fractional overlap must be in [0, 1), got {overlap}")
+        pixels = round(overlap * side)
+    else:
+        pixels = int(overlap)
+    if not 0 <= pixels < side:
+        raise ValueError(f"sliding_window_predict: overlap {overlap!r} must be >= 0 and smaller than the tile ({side})")
+    return pixels
+
+
+def _check_settings(
+    tile: tuple[int, int], batch_size: int, blend: str, tta: str, tile_multiple: int, border_pad: int
+) -> None:
+    """Reject settings that would fail later with a less clear message."""
+    if tile_multiple > 1 and any(side % tile_multiple for side in tile):
+        raise ValueError(
+            f"sliding_window_predict: tile_size {tile} must be a multiple of {tile_multiple} "
+            f"(the network downsamples by that factor); pass tile_multiple=1 to skip this check"
+        )
+    if batch_size < 1:
+        raise ValueError(f"sliding_window_predict: batch_size must be >= 1, got {batch_size}")
+    if blend not in BLEND_MODES:
+        raise ValueError(f"sliding_window_predict: unknown blend {blend!r}, expected one of {', '.join(BLEND_MODES)}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"sliding_window_predict: unknown tta {tta!r}, expected one of {', '.join(TTA_MODES)}")
+    if border_pad < 0:
+        raise ValueError(f"sliding_window_predict: border_pad must be >= 0, got {border_pad}")

@@ -1,0 +1,145 @@
+"""The LightningModule: one class for every architecture, loss and optimiser, all injected.
+
+Training sees random crops; validation and test see whole images, predicted by the
+sliding-window engine (:mod:`nucseg.inference`) with the same tiles, overlap and blending that
+``predict.py`` uses, so validation metrics, test metrics and deployed predictions agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from nucseg.inference import sliding_window_predict
+from nucseg.losses import CompositeLoss
+from nucseg.metrics import PerImageMetrics, build_pixel_metrics
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_INFERENCE = {"tile_size": 256, "overlap": 64, "batch_size": 8, "blend": "gaussian", "tta": "none"}
+
+
+class SegmentationModule(L.LightningModule):
+    """Binary nucleus segmentation.
+
+    Args:
+        net: maps standardised (B, 3, H, W) images to (B, 1, H, W) logits.
+        loss: a :class:`~nucseg.losses.CompositeLoss` (or any callable returning ``LossOutput``).
+        optimizer: ``params -> Optimizer`` (a partial, e.g. from Hydra's ``_partial_: true``).
+        scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped per epoch.
+        model_name: the name runs and tables use (``unet``, ``linknet34``...).
+        inference: sliding-window options for validation, test and prediction.
+        threshold: probability above which a pixel is called nucleus.
+        num_logged_images: validation images drawn to TensorBoard per epoch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: CompositeLoss,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        model_name: str = "model",
+        inference: Mapping[str, Any] | None = None,
+        threshold: float = 0.5,
+        num_logged_images: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.model_name = model_name
+        self.inference_kwargs = {**DEFAULT_INFERENCE, **dict(inference or {})}
+        self.threshold = threshold
+        self.num_logged_images = num_logged_images
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        metrics = build_pixel_metrics(threshold)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_per_image = PerImageMetrics(threshold)
+        self.stain_normalizer: Any | None = None  # set by nucseg.checkpoint.load_module
+        self.run_config: dict[str, Any] | None = None  # written into checkpoints by the pipeline
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1, H, W) for images (B, 3, H, W) in [0, 1]."""
+        return self.net((images - self.image_mean) / self.image_std)
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Whole-image logits by sliding windows, with this module's inference settings."""
+        return sliding_window_predict(images, self, **self.inference_kwargs)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images, masks = batch["image"], batch["mask"]
+        logits = self(images)
+        loss = self.loss(logits, masks)
+        batch_size = images.shape[0]
+        self.log("train/loss_step", loss.total, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", loss.total, on_step=False, on_epoch=True, batch_size=batch_size)
+        for name, value in loss.terms.items():
+            self.log(f"train/loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.train_metrics.update(torch.sigmoid(logits.detach()), masks.int())
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
+        return loss.total
+
+    def _evaluate_whole_images(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = batch["image"], batch["mask"]
+        logits = self.predict_logits(images)
+        loss = self.loss(logits, masks)
+        self.log(f"{stage}/loss", loss.total, on_step=False, on_epoch=True, batch_size=images.shape[0])
+        for name, value in loss.terms.items():
+            self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=images.shape[0])
+        return logits, torch.sigmoid(logits)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits, probabilities = self._evaluate_whole_images(batch, "val")
+        self.val_metrics.update(probabilities, batch["mask"].int())
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=logits.shape[0])
+        if batch_idx < self.num_logged_images:
+            self._log_example(batch, probabilities, batch_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits, probabilities = self._evaluate_whole_images(batch, "test")
+        self.test_metrics.update(probabilities, batch["mask"].int())
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True, batch_size=logits.shape[0])
+        self.test_per_image.update(probabilities, batch["mask"])
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.test_per_image.compute().items():
+            self.log(f"test/{name}", value)
+        self.test_per_image.reset()
+
+    # -- logging -------------------------------------------------------------------------------
+    def _log_example(self, batch: dict[str, Any], probabilities: torch.Tensor, index: int) -> None:
+        """input | ground truth | prediction, side by side, to TensorBoard."""
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
+            return
+        image = batch["image"][0].float().cpu()
+        truth = batch["mask"][0].float().cpu().expand(3, -1, -1)
+        predicted = (probabilities[0] > self.threshold).float().cpu().expand(3, -1, -1)
+        separator = torch.ones(3, image.shape[1], 4)
+        panel = torch.cat([image, separator, truth, separator, predicted], dim=2)
+        stride = max(1, panel.shape[1] // 512)  # keep event files small for 1000 px images
+        experiment.add_image(f"val/examples/{index}", panel[:, ::stride, ::stride], self.global_step)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("SegmentationModule needs an optimizer factory to train")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nucseg"] = {"run_config": self.run_config, "model_name": self.model_name}

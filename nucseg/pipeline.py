@@ -1,0 +1,129 @@
+"""Train → test the best checkpoint → write ``metrics.json``: what ``train.py`` runs, without Hydra's CLI.
+
+Every object comes from the config's ``_target_`` entries; this module only wires them and
+records the outcome. ``status.json`` says running / finished / failed at all times, so a crashed
+run is visible as such to ``nucseg.compare``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from nucseg.callbacks import TrainingSpeed
+from nucseg.utils.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+HPARAM_GROUPS = ("model", "loss", "optimizer", "scheduler", "data", "module", "trainer", "seed")
+
+
+def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
+    """Record the run's state atomically (``running`` / ``finished`` / ``failed``)."""
+    payload = {"status": status, "error": error, "updated": datetime.now(timezone.utc).isoformat()}
+    atomic_write_json(run_dir / "status.json", payload)
+
+
+def build_module(cfg: DictConfig) -> L.LightningModule:
+    """The LightningModule with network, loss, optimiser and scheduler built from config."""
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") and cfg.scheduler.get("_target_") else None
+    return instantiate(
+        cfg.module,
+        net=instantiate(cfg.model.net),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+    )
+
+
+def _test_results(results: list[dict[str, float]]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for result in results:
+        merged.update({key.removeprefix("test/"): float(value) for key, value in result.items()})
+    return merged
+
+
+def _flatten(node: Any, prefix: str, flat: dict[str, Any]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not str(key).startswith("_"):
+                _flatten(value, f"{prefix}/{key}" if prefix else str(key), flat)
+    elif isinstance(node, bool | int | float | str):
+        flat[prefix] = node
+
+
+def _hparams_for_tensorboard(resolved_config: dict[str, Any]) -> dict[str, Any]:
+    """Flat, scalar-only hyperparameters (the HParams tab cannot show lists or None)."""
+    flat: dict[str, Any] = {}
+    _flatten({group: resolved_config[group] for group in HPARAM_GROUPS if group in resolved_config}, "", flat)
+    return flat
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test the best-on-validation checkpoint, and write ``metrics.json`` into the run directory."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_status(run_dir, "running")
+    try:
+        metrics = _train(cfg, run_dir)
+    except BaseException as error:
+        write_status(run_dir, "failed", f"{type(error).__name__}: {error}")
+        raise
+    write_status(run_dir, "finished")
+    return metrics
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback]
+    speed = next((c for c in callbacks if isinstance(c, TrainingSpeed)), None)
+    if speed is None:
+        speed = TrainingSpeed()
+        callbacks.append(speed)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - started
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    if best_path is None:
+        log.warning("no best checkpoint was recorded; testing the last weights")
+    test_results = _test_results(trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=False))
+
+    metrics: dict[str, Any] = {
+        "model": cfg.model.name,
+        "run_name": run_dir.name,
+        "status": "finished",
+        "seed": int(cfg.seed),
+        "test": {**test_results, "num_images": len(datamodule.test_images)},
+        "params": sum(parameter.numel() for parameter in module.net.parameters()),
+        "train_time_s": round(train_seconds, 2),
+        "train_patches_per_s": round(speed.patches_per_second, 3),
+        "train_patches": speed.patches,
+        "epochs": trainer.current_epoch,
+        "best_ckpt": str(Path(best_path).relative_to(run_dir)) if best_path and Path(best_path).is_relative_to(run_dir) else best_path,
+        "stain": {"fallbacks": getattr(datamodule.stain_normalizer, "fallback_count", 0)},
+        "data_preparation_s": {key: round(value, 2) for key, value in datamodule.preparation_seconds.items()},
+        "config": module.run_config,
+    }
+    if isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(
+            _hparams_for_tensorboard(module.run_config), metrics={f"test/{k}": v for k, v in test_results.items()}
+        )
+        logger.finalize("success")
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    log.info("test: %s", {key: round(value, 4) for key, value in test_results.items()})
+    return metrics

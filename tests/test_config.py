@@ -1,0 +1,71 @@
+"""Every config option composes, objects instantiate, and a wrong option fails at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import CONFIG_DIR, REPO_ROOT
+from nucseg.pipeline import build_module
+
+GROUPS = ["data", "model", "loss", "optimizer", "scheduler", "module", "callbacks", "logger", "trainer", "experiment", "debug"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_option_composes_and_resolves(compose_train, monkeypatch, tmp_path, group, option):
+    monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
+    cfg = compose_train([f"{group}={option}"], tiny=False)
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["model"]["name"]
+    assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("model", _options("model"))
+@pytest.mark.parametrize("loss", _options("loss"))
+def test_models_and_losses_instantiate_into_a_module(compose_train, model, loss):
+    cfg = compose_train([f"model={model}", f"loss={loss}"])
+    module = build_module(cfg)
+    assert module.model_name == cfg.model.name
+    assert set(module.loss.terms) == set(cfg.loss.terms)
+
+
+@pytest.mark.parametrize("option", _options("trainer"))
+def test_trainer_options_name_a_lightning_trainer(compose_train, option):
+    cfg = compose_train([f"trainer={option}"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+def test_callbacks_and_logger_instantiate(compose_train):
+    cfg = compose_train()
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    assert {type(callback).__name__ for callback in callbacks} >= {"ModelCheckpoint", "TrainingSpeed"}
+    assert type(instantiate(cfg.logger)).__name__ == "TensorBoardLogger"
+
+
+def test_model_widths_come_from_the_experiment(compose_train):
+    cfg = compose_train(["experiment=demo", "model=unet"], tiny=False)
+    assert cfg.model.net.width == 16
+    assert compose_train(["model=unet"], tiny=False).model.net.width == 64
+
+
+def test_wrong_option_fails_at_once_with_the_list_of_choices(tmp_path):
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "train.py", "model=unte", f"paths.log_dir={tmp_path}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Could not find 'model/unte'" in result.stderr
+    assert "linknet34" in result.stderr and "resunet" in result.stderr
+    assert time.perf_counter() - started < 60
+    assert not any(tmp_path.iterdir()), "no run directory may be created for a wrong option"

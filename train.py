@@ -1,0 +1,21 @@
+"""Train, test the best checkpoint, write metrics.json.
+
+    python train.py                                   # U-Net on the built-in synthetic set
+    python train.py -m model=unet,resunet,linknet34   # a sweep: one run directory per model
+    python train.py data=monuseg data.root=../shared/data/monuseg trainer=gpu
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Returns test Dice, the metric a Hydra sweeper optimises."""
+    from nucseg.pipeline import train  # after composition, so a wrong option fails at once
+
+    return float(train(cfg)["test"]["dice"])
+
+
+if __name__ == "__main__":
+    main()
