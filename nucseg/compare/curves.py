@@ -18,7 +18,12 @@ from nucseg.compare.collect import RunRecord
 log = logging.getLogger(__name__)
 
 # (panel title, metric name); tags are "<split>/<metric>" per docs/architecture.md.
-PANELS: tuple[tuple[str, str], ...] = (("Loss", "loss"), ("Accuracy", "accuracy"), ("Dice", "dice"), ("IoU", "iou"))
+PANELS: tuple[tuple[str, str], ...] = (
+    ("Loss", "loss"),
+    ("Accuracy", "accuracy"),
+    ("Dice", "dice"),
+    ("IoU", "iou"),
+)
 SPLITS: tuple[str, ...] = ("train", "val")
 EPOCH_TAG = "epoch"
 
@@ -49,7 +54,8 @@ def read_epoch_curves(run_dir: Path, tags: Sequence[str] | None = None) -> dict[
     """
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    wanted = list(tags) if tags is not None else [f"{split}/{metric}" for split in SPLITS for _, metric in PANELS]
+    default = [f"{split}/{metric}" for split in SPLITS for _, metric in PANELS]
+    wanted = list(tags) if tags is not None else default
     curves: dict[str, Curve] = {}
     for folder in event_dirs(run_dir):
         accumulator = ea.EventAccumulator(
@@ -106,7 +112,9 @@ def mean_curve(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return np.asarray(epochs), np.asarray(means), np.asarray(stds)
 
 
-def plot_curves(curves_by_label: Mapping[str, Sequence[Mapping[str, Curve]]], path: str | Path) -> Path | None:
+def plot_curves(
+    curves_by_label: Mapping[str, Sequence[Mapping[str, Curve]]], path: str | Path
+) -> Path | None:
     """Draw Loss, Accuracy, Dice and IoU per epoch: one colour per model, train solid, val dashed.
 
     Args:
@@ -122,6 +130,7 @@ def plot_curves(curves_by_label: Mapping[str, Sequence[Mapping[str, Curve]]], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     from nucseg.utils.atomic import atomic_path
 
@@ -138,16 +147,20 @@ def plot_curves(curves_by_label: Mapping[str, Sequence[Mapping[str, Curve]]], pa
                     continue
                 epochs, mean, std = mean_curve(found)
                 # Lightning counts epochs from 0; readers count from 1.
-                axis.plot(epochs + 1, mean, style, color=colour, marker="o" if len(epochs) < 12 else None, markersize=3)
+                marker = "o" if len(epochs) < 12 else None
+                axis.plot(epochs + 1, mean, style, color=colour, marker=marker, markersize=3)
                 if len(found) > 1:
-                    axis.fill_between(epochs + 1, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+                    band = (mean - std, mean + std)
+                    axis.fill_between(epochs + 1, *band, color=colour, alpha=0.15, linewidth=0)
         axis.set_title(title)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(True, alpha=0.3)
         if not axis.lines:
             axis.text(0.5, 0.5, f"no {metric} logged", ha="center", va="center", transform=axis.transAxes)
     handles = [Line2D([], [], color=colours(i % 10), label=label) for i, label in enumerate(curves_by_label)]
-    handles += [Line2D([], [], color="grey", linestyle=style, label=split) for split, style in zip(SPLITS, ("-", "--"), strict=True)]
+    for split, style in zip(SPLITS, ("-", "--"), strict=True):
+        handles.append(Line2D([], [], color="grey", linestyle=style, label=split))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")

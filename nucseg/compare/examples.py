@@ -69,7 +69,9 @@ def outline(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
     return edge
 
 
-def overlay_outline(image: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int], thickness: int = 1) -> np.ndarray:
+def overlay_outline(
+    image: np.ndarray, labels: np.ndarray, colour: tuple[int, int, int], thickness: int = 1
+) -> np.ndarray:
     """A copy of ``image`` with the outlines of ``labels`` painted in ``colour``."""
     painted = np.array(image, dtype=np.uint8, copy=True)
     painted[outline(labels, thickness)] = colour
@@ -83,7 +85,9 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
 
 
-def plot_examples(crops: Sequence[ExampleCrop], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+def plot_examples(
+    crops: Sequence[ExampleCrop], path: str | Path, columns: Sequence[str] | None = None
+) -> Path:
     """Draw one row per crop: input | ground truth | one column per model, outlines on the image.
 
     Args:
@@ -105,11 +109,13 @@ def plot_examples(crops: Sequence[ExampleCrop], path: str | Path, columns: Seque
     if not crops:
         raise ValueError(f"{path}: no crops to draw")
     names = list(columns) if columns is not None else list(crops[0].predictions)
-    thickness = max(1, round(max(crops[0].image.shape[:2]) / 256))
+    # About 2 px on a 256 px crop: visible at print size without hiding small nuclei.
+    thickness = max(1, round(max(crops[0].image.shape[:2]) / 128))
     n_cols = 2 + len(names)
     figure, axes = plt.subplots(len(crops), n_cols, figsize=(2.8 * n_cols, 2.9 * len(crops)), squeeze=False)
     for row, crop in enumerate(crops):
-        panels = [(crop.image, "input"), (overlay_outline(crop.image, crop.truth, TRUTH_COLOUR, thickness), "ground truth")]
+        truth = overlay_outline(crop.image, crop.truth, TRUTH_COLOUR, thickness)
+        panels = [(crop.image, "input"), (truth, "ground truth")]
         for name in names:
             prediction = crop.predictions.get(name)
             if prediction is None:
@@ -187,13 +193,19 @@ def crops_from_runs(
     predict = predict or _default_predict
 
     crops: list[ExampleCrop] | None = None
-    images_cache: dict[str, dict[str, Any]] = {}
+    # Test images per distinct data config; a config that failed once is not loaded again.
+    images_cache: dict[str, dict[str, Any] | Exception] = {}
     for label, run in runs_by_label.items():
         try:
             cache_key = _data_key(run)
             if cache_key not in images_cache:
-                images_cache[cache_key] = {image.name: image for image in load_test_images(run)}
+                try:
+                    images_cache[cache_key] = {image.name: image for image in load_test_images(run)}
+                except Exception as exc:
+                    images_cache[cache_key] = exc
             images = images_cache[cache_key]
+            if isinstance(images, Exception):
+                raise images
             if crops is None:
                 crops = _make_crops(images, crop_size, num_images)
             module = load_module(run.path)
@@ -204,7 +216,8 @@ def crops_from_runs(
                 mask = np.asarray(predict(module, images[crop.source].image))
                 crop.predictions[label] = mask[y : y + crop.image.shape[0], x : x + crop.image.shape[1]]
         except Exception as exc:  # one broken run must not cost the other columns
-            log.warning("%s: left out of examples.png (%s: %s)", run.path, type(exc).__name__, exc)
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            log.warning("%s: left out of examples.png (%s: %s)", run.path, type(exc).__name__, reason)
             for crop in crops or []:
                 crop.predictions.pop(label, None)
     return [crop for crop in crops or [] if crop.predictions]
@@ -248,7 +261,7 @@ def _data_config(run: RunRecord) -> Any:
         return resolved
     if "data" in run.config:
         return run.config["data"]
-    raise KeyError("no data config in metrics.json or .hydra/config.yaml")
+    raise ValueError("no data config in metrics.json or .hydra/config.yaml")
 
 
 def _default_test_images(run: RunRecord) -> Sequence[Any]:
@@ -262,6 +275,8 @@ def _default_test_images(run: RunRecord) -> Sequence[Any]:
     else:
         # The data node keeps its root so that ${paths...}-style interpolations still resolve.
         data_cfg = OmegaConf.create(run.config).data
+    if "_target_" not in data_cfg:
+        raise ValueError("the data config has no _target_ to instantiate")
     datamodule = instantiate(data_cfg)
     datamodule.setup("test")
     return list(datamodule.test_images)

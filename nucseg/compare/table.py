@@ -37,7 +37,17 @@ RUN_KEYS = ("params", "train_time_s", "train_patches_per_s", "epochs")
 # Config keys that differ between runs of one sweep without making them different
 # experiments: the seed and everything that names the run's own folder.
 IGNORED_CONFIG_KEYS = frozenset(
-    {"seed", "run_name", "output_dir", "run_dir", "save_dir", "log_dir", "dirpath", "default_root_dir", "ckpt_path"}
+    {
+        "seed",
+        "run_name",
+        "output_dir",
+        "run_dir",
+        "save_dir",
+        "log_dir",
+        "dirpath",
+        "default_root_dir",
+        "ckpt_path",
+    }
 )
 _KNOWN_TITLES = {"aji": "AJI", "pq": "PQ", "dq": "DQ", "sq": "SQ", "f1": "F1", "object_f1": "Object F1"}
 _LOWER_IS_BETTER_WORDS = ("loss", "error", "hausdorff", "hd95", "distance", "time")
@@ -164,9 +174,11 @@ class ComparisonTable:
         table = Table(title=title, show_lines=False)
         for index, header in enumerate(self.headers):
             numeric = 2 <= index < 2 + len(self.columns)
-            table.add_column(header, justify="right" if numeric else "left")
+            wraps = index == len(self.headers) - 1  # only the status, which may hold an error message
+            justify = "right" if numeric else "left"
+            table.add_column(header, justify=justify, no_wrap=not wraps, overflow="fold")
         for index, group in enumerate(self.groups):
-            row_style = "" if group.finished else ("red" if group.status != "running or crashed" else "yellow")
+            row_style = "" if group.finished else "yellow" if group.status == "running or crashed" else "red"
             table.add_row(
                 *(Text(text, style="bold" if best else row_style) for text, best in self.cells(index))
             )
@@ -192,15 +204,14 @@ def group_runs(runs: Sequence[RunRecord]) -> list[RunGroup]:
     by_key: dict[tuple[str, str], RunGroup] = {}
     for run in runs:
         if not run.finished:
-            groups.append(RunGroup(label=run.model, model=run.model, status=run.status, runs=[run], error=run.error))
+            groups.append(RunGroup(run.model, run.model, run.status, [run], error=run.error))
             continue
         key = (run.model, config_identity(run))
         if key in by_key:
             by_key[key].runs.append(run)
         else:
-            group = RunGroup(label=run.model, model=run.model, status=run.status, runs=[run], config_key=key[1])
-            by_key[key] = group
-            groups.append(group)
+            by_key[key] = RunGroup(run.model, run.model, run.status, [run], config_key=key[1])
+            groups.append(by_key[key])
     _disambiguate_labels([group for group in groups if group.finished])
     return groups
 
@@ -243,7 +254,8 @@ def _columns(groups: Iterable[RunGroup]) -> list[Column]:
                     instance_keys.append(key)
     for key in instance_keys:
         lower = any(word in key.lower() for word in _LOWER_IS_BETTER_WORDS)
-        columns.append(Column(f"test.{key}", _KNOWN_TITLES.get(key, key), "metric", higher_is_better=not lower))
+        title = _KNOWN_TITLES.get(key, key)
+        columns.append(Column(f"test.{key}", title, "metric", higher_is_better=not lower))
     columns += [
         Column("params", "Params", "params", higher_is_better=False),
         Column("train_time_s", "Train time", "time", higher_is_better=False),
@@ -272,7 +284,9 @@ def _disambiguate_labels(groups: list[RunGroup]) -> None:
             continue
         flats = [_flatten(_comparable_config(group.runs[0])) for group in same_model]
         keys = sorted(set().union(*flats))
-        differing = [key for key in keys if len({json.dumps(flat.get(key), default=str) for flat in flats}) > 1]
+        differing = [
+            key for key in keys if len({json.dumps(flat.get(key), default=str) for flat in flats}) > 1
+        ]
         for group, flat in zip(same_model, flats, strict=True):
             parts = [f"{key}={_short(flat.get(key))}" for key in differing[:3]]
             if len(differing) > 3:

@@ -11,7 +11,12 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-METRICS: tuple[tuple[str, str], ...] = (("Loss", "loss"), ("Dice", "dice"), ("IoU", "iou"), ("Accuracy", "accuracy"))
+METRICS: tuple[tuple[str, str], ...] = (
+    ("Loss", "loss"),
+    ("Dice", "dice"),
+    ("IoU", "iou"),
+    ("Accuracy", "accuracy"),
+)
 
 
 def custom_scalars_layout(metrics: tuple[tuple[str, str], ...] = METRICS) -> dict[str, dict[str, list[Any]]]:

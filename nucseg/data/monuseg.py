@@ -68,7 +68,8 @@ def resolve_monuseg_root(root: str | os.PathLike[str] | None) -> Path:
         root = os.environ.get(MONUSEG_ROOT_ENV) or None
         if root is None:
             raise MonusegError(
-                f"MoNuSeg root not given: set data.root=/path/to/monuseg or the {MONUSEG_ROOT_ENV} environment variable"
+                "MoNuSeg root not given: set data.root=/path/to/monuseg "
+                f"or the {MONUSEG_ROOT_ENV} environment variable"
             )
     path = Path(root).expanduser()
     if not path.is_dir():

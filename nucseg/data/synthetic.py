@@ -18,7 +18,9 @@ Instance labels: a pixel whose centre lies inside several ellipses belongs to th
 whose ellipse it lies deepest (smallest normalised elliptical radius, ties to the nucleus drawn
 first). Touching nuclei are thus split along a curve between their centres, as annotators split
 them, and a nucleus always keeps its own centre region. Nuclei are only started where no nucleus
-is yet, so overlaps stay partial. Nuclei left without a pixel are dropped; ids are consecutive.
+is yet, so overlaps stay partial. Where a thin nucleus cuts another in two, the smaller piece joins
+the neighbour it borders most, so every instance is one 4-connected region. Nuclei left without
+a pixel are dropped; ids are consecutive.
 
 Everything is drawn from a ``numpy.random.Generator`` seeded by the caller: one seed, one image.
 """
@@ -34,12 +36,15 @@ from scipy import ndimage
 from nucseg.data.annotations import relabel_consecutive
 from nucseg.data.types import AnnotatedImage
 
-# Ruifrok & Johnston (2001) optical density vectors, rows = stains, columns = (R, G, B).
+# Ruifrok & Johnston (2001) optical density vectors over (R, G, B), normalised per image.
 HEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
 EOSIN_OD = np.array([0.07, 0.99, 0.11])
 
 DEFAULT_NUCLEI_PER_100PX2 = 18.0
 """Nuclei per 100 x 100 px of tissue; with the size ranges below about 20 % of pixels are nuclear."""
+
+_PLACEMENT_TRIES = 4
+"""Attempts to find a free centre for a nucleus before leaving it out."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,6 @@ class _Nucleus:
     """
 
     major: float
-    minor: float
     minor: float
     angle: float
     density: float
@@ -159,7 +163,10 @@ def make_synthetic_set(
         raise ValueError(f"seed must be non-negative, got {seed}")
     return [
         make_synthetic_image(
-            derive_seed(seed, index), size=size, nuclei_per_100px2=nuclei_per_100px2, name=f"{prefix}_{index:04d}"
+            derive_seed(seed, index),
+            size=size,
+            nuclei_per_100px2=nuclei_per_100px2,
+            name=f"{prefix}_{index:04d}",
         )
         for index in range(num_images)
     ]
@@ -236,7 +243,8 @@ def _stroma(rng: np.random.Generator, shape: tuple[int, int], angle: float) -> t
     fibres = 0.5 + 0.5 * np.sin(2.0 * math.pi * across / wavelength + warp)
     fibres *= np.clip(0.5 + 0.6 * _coarse_noise(rng, shape, scale=50.0), 0.0, 1.0)  # fibres in patches
     large = _coarse_noise(rng, shape, scale=60.0)
-    eosin = rng.uniform(0.45, 0.7) * (1.0 + 0.25 * large) * (0.85 + 0.3 * fibres) + 0.05 * _noise(rng, shape, 1.0)
+    eosin = rng.uniform(0.45, 0.7) * (1.0 + 0.25 * large) * (0.85 + 0.3 * fibres)
+    eosin += 0.05 * _noise(rng, shape, 1.0)
     hematoxylin = rng.uniform(0.06, 0.16) * (1.0 + 0.3 * _coarse_noise(rng, shape, scale=30.0))
     return np.clip(eosin, 0.05, None), np.clip(hematoxylin, 0.0, None)
 
@@ -248,23 +256,24 @@ def _sample_nuclei(rng: np.random.Generator, count: int, fibre_angle: float) -> 
     for kind in kinds:
         if kind == 0:  # lymphocyte-like: small, round, dense
             major = rng.uniform(4.5, 6.5)
-            nucleus = _Nucleus(
-                major, major * rng.uniform(0.85, 1.0), rng.uniform(0, math.pi), rng.uniform(1.3, 1.8), 0.1, 0.1
-            )
+            minor = major * rng.uniform(0.85, 1.0)
+            angle, density, rim, pale_core = rng.uniform(0, math.pi), rng.uniform(1.3, 1.8), 0.1, 0.1
         elif kind == 1:  # epithelial-like: large, oval, paler, vesicular with a darker rim
             major = rng.uniform(7.0, 12.0)
-            nucleus = _Nucleus(
-                major, major * rng.uniform(0.55, 0.9), rng.uniform(0, math.pi), rng.uniform(0.8, 1.25), 0.45, 0.25
-            )
+            minor = major * rng.uniform(0.55, 0.9)
+            angle, density, rim, pale_core = rng.uniform(0, math.pi), rng.uniform(0.8, 1.25), 0.45, 0.25
         else:  # fibroblast-like: elongated along the stroma fibres
-            nucleus = _Nucleus(
-                rng.uniform(8.0, 12.0),
-                rng.uniform(3.0, 4.5),
-                fibre_angle + rng.normal(0.0, 0.25),
-                rng.uniform(1.1, 1.5),
-                0.15,
-                0.1,
-            )
+            major, minor = rng.uniform(8.0, 12.0), rng.uniform(3.0, 4.5)
+            angle = fibre_angle + rng.normal(0.0, 0.25)
+            density, rim, pale_core = rng.uniform(1.1, 1.5), 0.15, 0.1
+        nucleus = _Nucleus(
+            major=float(major),
+            minor=float(minor),
+            angle=float(angle),
+            density=float(density),
+            rim=rim,
+            pale_core=pale_core,
+        )
         nuclei.append(nucleus)
     return nuclei
 
@@ -285,8 +294,12 @@ def _draw_nuclei(
     """
     height, width = shape
     num_clusters = 1 + int(rng.poisson(height * width / 1e4 * 0.5))
-    clusters = np.column_stack(
-        [rng.uniform(0, height, num_clusters), rng.uniform(0, width, num_clusters), rng.uniform(6, 16, num_clusters)]
+    clusters = np.column_stack(  # row, column, spread
+        [
+            rng.uniform(0, height, num_clusters),
+            rng.uniform(0, width, num_clusters),
+            rng.uniform(6, 16, num_clusters),
+        ]
     )
     labels = np.zeros(shape, dtype=np.int32)
     depth = np.full(shape, np.inf, dtype=np.float32)  # smallest normalised radius so far
@@ -345,9 +358,6 @@ def _merge_stray_pieces(labels: np.ndarray) -> None:
             neighbours = neighbours[(neighbours != 0) & (neighbours != label)]
             if neighbours.size:
                 window[mask] = np.bincount(neighbours).argmax()
-
-
-_PLACEMENT_TRIES = 4
 
 
 def _draw_one(

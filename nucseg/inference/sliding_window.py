@@ -94,11 +94,11 @@ def sliding_window_predict(
             f"sliding_window_predict: expected float images (B, C, H, W) or (C, H, W), "
             f"got {tuple(images.shape)} {images.dtype}"
         )
-    tile = _pair(tile_size, "tile_size")
-    _check_settings(tile, batch_size, blend, tta, tile_multiple, border_pad)
-    overlap_px = tuple(_overlap_pixels(overlap, side) for side in tile)
+    tile, overlap_px = resolve_tiling(tile_size, overlap, batch_size, blend, tta, tile_multiple)
+    if border_pad < 0:
+        raise ValueError(f"sliding_window_predict: border_pad must be >= 0, got {border_pad}")
     out_device = batch.device
-    device = _module_device(predict_fn) or out_device
+    device = model_device(predict_fn) or out_device
     use_amp = (device.type == "cuda") if amp is None else amp
 
     with torch.inference_mode():
@@ -138,6 +138,7 @@ class TileGrid:
             {key: _axis_profile(side, ov // 4, blend, *key) for key in ((a, b) for a in (0, 1) for b in (0, 1))}
             for side, ov in zip(tile, overlap)
         ]
+        self._profiles = profiles
         self._maps: dict[tuple[int, int, int, int], torch.Tensor] = {}
         for ky in profiles[0]:
             for kx in profiles[1]:
@@ -156,13 +157,26 @@ class TileGrid:
         ys, xs = self.starts
         return self._maps[(int(y == ys[0]), int(y == ys[-1]), int(x == xs[0]), int(x == xs[-1]))]
 
+    def axis_weight_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row (H,) and per-column (W,) sums of the 1-D profiles of all tiles.
+
+        Weights are separable and the tiles form a full grid, so the sum of all tile weights at
+        (y, x) is ``rows[y] * cols[x]``: a band of the image can be normalised without the
+        whole (H, W) map, which the streaming predictor relies on.
+        """
+        sums = []
+        for axis, starts in enumerate(self.starts):
+            total = torch.zeros(self.size[axis], dtype=torch.float64)
+            for start in starts:
+                key = (int(start == starts[0]), int(start == starts[-1]))
+                total[start : start + self.tile[axis]] += self._profiles[axis][key]
+            sums.append(total.clamp_min_(MIN_WEIGHT).to(device=self.device, dtype=torch.float32))
+        return sums[0], sums[1]
+
     def weight_sum(self) -> torch.Tensor:
         """The (H, W) sum of the weights of all tiles covering each pixel (positive everywhere)."""
-        total = torch.zeros(self.size, dtype=torch.float32, device=self.device)
-        th, tw = self.tile
-        for y, x in self.positions():
-            total[y : y + th, x : x + tw] += self.weight(y, x)
-        return total.clamp_min_(MIN_WEIGHT)
+        rows, cols = self.axis_weight_sums()
+        return rows[:, None] * cols[None, :]
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -177,6 +191,42 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     count = math.ceil((length - tile) / stride) + 1
     span = length - tile
     return [round(index * span / (count - 1)) for index in range(count)]
+
+
+def predict_tile_batch(
+    tiles: torch.Tensor, predict_fn: Callable[[torch.Tensor], torch.Tensor], tta: str, use_amp: bool
+) -> torch.Tensor:
+    """Run one batch of tiles (with TTA and optional autocast) and return float32 logits.
+
+    Raises:
+        ValueError: When ``predict_fn`` does not return (b, C, h, w) for (b, 3, h, w) tiles.
+    """
+    with autocast_context(tiles.device, use_amp):
+        logits = tta_forward(predict_fn, tiles, tta)
+    if logits.ndim != 4 or logits.shape[0] != tiles.shape[0] or logits.shape[-2:] != tiles.shape[-2:]:
+        raise ValueError(
+            f"sliding_window_predict: predict_fn returned {tuple(logits.shape)} for tiles "
+            f"{tuple(tiles.shape)}; expected (b, C, {tiles.shape[-2]}, {tiles.shape[-1]})"
+        )
+    return logits.float()
+
+
+def resolve_tiling(
+    tile_size: int | tuple[int, int],
+    overlap: int | float,
+    batch_size: int,
+    blend: str,
+    tta: str,
+    tile_multiple: int,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Validate the tiling settings; return the tile and overlap as (height, width) pixel pairs.
+
+    Raises:
+        ValueError: With one line naming the bad setting.
+    """
+    tile = _pair(tile_size, "tile_size")
+    _check_settings(tile, batch_size, blend, tta, tile_multiple)
+    return tile, (_overlap_pixels(overlap, tile[0]), _overlap_pixels(overlap, tile[1]))
 
 
 def _axis_profile(tile: int, trim: int, blend: str, first: int, last: int) -> torch.Tensor:
@@ -223,14 +273,7 @@ def _predict_tiles(
     for start in batches:
         chunk = jobs[start : start + batch_size]
         tiles = torch.stack([padded[index, :, y : y + th, x : x + tw] for index, y, x in chunk])
-        with _autocast(padded.device, use_amp):
-            logits = tta_forward(predict_fn, tiles, tta)
-        if logits.ndim != 4 or logits.shape[0] != len(chunk) or tuple(logits.shape[-2:]) != (th, tw):
-            raise ValueError(
-                f"sliding_window_predict: predict_fn returned {tuple(logits.shape)} for tiles "
-                f"{tuple(tiles.shape)}; expected (b, C, {th}, {tw})"
-            )
-        logits = logits.float()
+        logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
         if accumulator is None:
             accumulator = padded.new_zeros((padded.shape[0], logits.shape[1], *grid.size), dtype=torch.float32)
         for k, (index, y, x) in enumerate(chunk):
@@ -267,7 +310,7 @@ def _pad(images: torch.Tensor, pads: tuple[int, int, int, int], mode: str) -> to
 
 
 @contextlib.contextmanager
-def _autocast(device: torch.device, enabled: bool) -> Iterator[None]:
+def autocast_context(device: torch.device, enabled: bool) -> Iterator[None]:
     """Autocast to float16 on CUDA and bfloat16 elsewhere, or do nothing."""
     if not enabled:
         yield
@@ -277,7 +320,7 @@ def _autocast(device: torch.device, enabled: bool) -> Iterator[None]:
         yield
 
 
-def _module_device(predict_fn: Any) -> torch.device | None:
+def model_device(predict_fn: Any) -> torch.device | None:
     """The device of ``predict_fn``'s parameters (a module or a bound method of one), if any."""
     module = predict_fn if isinstance(predict_fn, nn.Module) else getattr(predict_fn, "__self__", None)
     if not isinstance(module, nn.Module):
@@ -310,9 +353,7 @@ def _overlap_pixels(overlap: int | float, side: int) -> int:
     return pixels
 
 
-def _check_settings(
-    tile: tuple[int, int], batch_size: int, blend: str, tta: str, tile_multiple: int, border_pad: int
-) -> None:
+def _check_settings(tile: tuple[int, int], batch_size: int, blend: str, tta: str, tile_multiple: int) -> None:
     """Reject settings that would fail later with a less clear message."""
     if tile_multiple > 1 and any(side % tile_multiple for side in tile):
         raise ValueError(
@@ -325,5 +366,3 @@ def _check_settings(
         raise ValueError(f"sliding_window_predict: unknown blend {blend!r}, expected one of {', '.join(BLEND_MODES)}")
     if tta not in TTA_MODES:
         raise ValueError(f"sliding_window_predict: unknown tta {tta!r}, expected one of {', '.join(TTA_MODES)}")
-    if border_pad < 0:
-        raise ValueError(f"sliding_window_predict: border_pad must be >= 0, got {border_pad}")

@@ -1,0 +1,356 @@
+"""Prediction of images of any size in memory that does not grow with the image's area.
+
+Reading. ``TiffRegionReader`` reads a rectangle of a TIFF's first page by decoding only the
+tiles or strips that intersect it (tifffile's per-segment decoder; zarr is not needed). For an
+uncompressed striped TIFF the rows are read straight from the file, however tall the strips.
+A compressed TIFF stored as one huge strip (rare; tifffile and most tools tile or use small
+strips) must be decoded whole: the reader warns, because memory then grows with the image.
+PNG and JPEG cannot be read by region; they are read whole (``ArrayRegionReader``).
+
+Predicting. ``stream_logits`` uses the tile grid that ``sliding_window_predict`` would use on
+the whole image and walks it in blocks of tile rows x tile columns: each block's pixels are read,
+stain-normalised in one call (``normalize``, e.g. the training Macenko reference), cut into
+tiles and predicted; tile logits are blended into an accumulator that spans one block row of
+the image width. When a block row is done, the rows no later tile touches are final: they are
+divided by the (separable) weight sum and yielded, and the rest carries over. Without stain
+normalisation the result equals ``sliding_window_predict`` on the whole image (up to float
+summation order). Peak memory: one block of pixels plus ``C x (rows of a block row) x W`` floats.
+
+Stain normalisation per block. Macenko estimates the stain vectors of whatever it is given, so
+neighbouring blocks can be normalised slightly differently; tiles never straddle two
+normalisations (each tile is cut from one block) and overlapping tiles are blended, which hides
+most of it. Blocks are large (4 x 8 tiles by default, about 0.8 x 1.6 kpx) so estimates are
+stable, and a background-only block falls back to its raw pixels (the normaliser's rule).
+
+``RawRowFile`` keeps rows of an intermediate result (probabilities, provisional labels) in a
+temporary file on disk, so later passes can read any rows back without holding the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from nucseg.inference.sliding_window import (
+    TileGrid,
+    autocast_context,  # noqa: F401 - re-exported for callers that stream by hand
+    model_device,
+    predict_tile_batch,
+    resolve_tiling,
+    sliding_window_predict,
+)
+from nucseg.utils.image_io import ImageReadError, read_rgb_image, to_rgb_uint8
+
+logger = logging.getLogger(__name__)
+
+Normalizer = Callable[[np.ndarray], np.ndarray]
+
+
+class RegionReader(Protocol):
+    """Anything that reads (h, w, 3) uint8 RGB rectangles of an image of ``height x width``."""
+
+    height: int
+    width: int
+    name: str
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class ArrayRegionReader:
+    """A region reader over an image already in memory (PNG/JPEG, tests)."""
+
+    def __init__(self, image: np.ndarray, name: str = "<array>") -> None:
+        self.image = to_rgb_uint8(image, name)
+        self.height, self.width = self.image.shape[:2]
+        self.name = name
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        return self.image[top : top + height, left : left + width]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> ArrayRegionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TiffRegionReader:
+    """Read rectangles of the first page of a TIFF, decoding only the segments needed.
+
+    Handles tiled and striped pages, any compression tifffile decodes (including JPEG tiles of
+    whole-slide images), contiguous and separate planes, and 8/16-bit grey, RGB or RGBA
+    samples (converted like ``read_rgb_image``: alpha dropped, grey replicated, 16 bit scaled).
+
+    Raises:
+        ImageReadError: When the file cannot be opened or its first page is not a 2-D image.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import tifffile
+
+        self.path = Path(path)
+        self.name = str(self.path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+            page = self._tif.pages.first
+        except Exception as error:  # noqa: BLE001 - every parser error becomes one clear line
+            raise ImageReadError(f"{self.path}: cannot read TIFF ({type(error).__name__}: {error})") from error
+        self._page = page
+        shaped = page.shaped  # (separate samples, depth, length, width, contig samples)
+        if shaped[1] != 1:
+            self._tif.close()
+            raise ImageReadError(f"{self.path}: volumetric TIFF pages are not supported")
+        self.height, self.width = int(shaped[2]), int(shaped[3])
+        self._separate = page.planarconfig == 2
+        self._samples = int(shaped[0] if self._separate else shaped[4])
+        self._dtype = np.dtype(page.dtype)
+        if page.is_tiled:
+            self._seg_h, self._seg_w = int(page.tilelength), int(page.tilewidth)
+        else:
+            self._seg_h, self._seg_w = min(int(page.rowsperstrip or self.height), self.height), self.width
+        self._grid = (math.ceil(self.height / self._seg_h), math.ceil(self.width / self._seg_w))
+        per_plane = self._grid[0] * self._grid[1]
+        planes = self._samples if self._separate else 1
+        if len(page.dataoffsets) != per_plane * planes:
+            self._tif.close()
+            raise ImageReadError(f"{self.path}: unexpected TIFF segment layout ({len(page.dataoffsets)} segments)")
+        self._raw_rows = page.compression == 1 and not page.is_tiled and page.predictor == 1 and not self._separate
+        self._raw_rows = self._raw_rows and page.bitspersample in (8, 16, 32) and page.fillorder == 1
+        if not self._raw_rows and self._seg_h * self._seg_w > 64 * 1024 * 1024:
+            logger.warning("%s: compressed segments of %dx%d pixels must be decoded whole", self.path, self._seg_h, self._seg_w)
+        self._decode_args: dict[str, object] = {"_fullsize": bool(page.is_tiled)}
+        if page.compression in (6, 7, 33007, 34892):  # JPEG flavours need the shared tables
+            self._decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        """Read an (h, w, 3) uint8 RGB rectangle (clipped to the image)."""
+        bottom, right = min(top + height, self.height), min(left + width, self.width)
+        try:
+            if self._raw_rows:
+                raw = self._read_raw_rows(top, bottom)[:, left:right]
+            else:
+                raw = self._read_segments(top, left, bottom, right)
+        except ImageReadError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a corrupt segment becomes one clear line
+            raise ImageReadError(
+                f"{self.path}: cannot read region y={top}..{bottom} x={left}..{right} ({type(error).__name__}: {error})"
+            ) from error
+        return to_rgb_uint8(raw, self.name)
+
+    def _read_raw_rows(self, top: int, bottom: int) -> np.ndarray:
+        """Rows of an uncompressed striped page, read with seek/read (no strip is decoded whole)."""
+        dtype = self._dtype.newbyteorder(self._tif.byteorder)
+        row_bytes = self.width * self._samples * dtype.itemsize
+        out = np.empty((bottom - top, self.width, self._samples), dtype=self._dtype)
+        handle = self._tif.filehandle
+        row = top
+        while row < bottom:
+            strip, first = divmod(row, self._seg_h)
+            count = min(bottom - row, self._seg_h - first)
+            with handle.lock:
+                handle.seek(self._page.dataoffsets[strip] + first * row_bytes)
+                data = handle.read(count * row_bytes)
+            if len(data) != count * row_bytes:
+                raise ImageReadError(f"{self.path}: file is truncated (strip {strip})")
+            out[row - top : row - top + count] = np.frombuffer(data, dtype=dtype).reshape(count, self.width, self._samples)
+            row += count
+        return out
+
+    def _read_segments(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        """Decode the tiles/strips intersecting the rectangle and copy their overlap."""
+        page = self._page
+        out = np.zeros((bottom - top, right - left, self._samples), dtype=self._dtype)
+        rows = range(top // self._seg_h, (bottom - 1) // self._seg_h + 1)
+        cols = range(left // self._seg_w, (right - 1) // self._seg_w + 1)
+        per_plane = self._grid[0] * self._grid[1]
+        planes = self._samples if self._separate else 1
+        indices = [p * per_plane + r * self._grid[1] + c for p in range(planes) for r in rows for c in cols]
+        offsets = [page.dataoffsets[i] for i in indices]
+        counts = [page.databytecounts[i] for i in indices]
+        for data, index in self._tif.filehandle.read_segments(offsets, counts, indices=indices, sort=True):
+            segment, (plane, _, y0, x0, _), _ = page.decode(data, index, **self._decode_args)
+            if segment is None:
+                continue  # an empty segment reads as zeros
+            segment = segment[0]  # drop depth
+            sy0, sx0 = max(top, y0), max(left, x0)
+            sy1, sx1 = min(bottom, y0 + segment.shape[0]), min(right, x0 + segment.shape[1])
+            piece = segment[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+            target = out[sy0 - top : sy1 - top, sx0 - left : sx1 - left]
+            if self._separate:
+                target[..., plane] = piece[..., 0]
+            else:
+                target[...] = piece
+        return out
+
+    def close(self) -> None:
+        """Close the file."""
+        self._tif.close()
+
+    def __enter__(self) -> TiffRegionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_region_reader(path: str | os.PathLike[str]) -> TiffRegionReader | ArrayRegionReader:
+    """A region reader for ``path``: by region for TIFF, whole for PNG/JPEG."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return TiffRegionReader(path)
+    return ArrayRegionReader(read_rgb_image(path), name=str(path))
+
+
+def stream_logits(
+    reader: RegionReader,
+    predict_fn: Callable[[torch.Tensor], torch.Tensor],
+    normalize: Normalizer | None = None,
+    tile_size: int | tuple[int, int] = 256,
+    overlap: int | float = 64,
+    batch_size: int = 8,
+    blend: str = "gaussian",
+    tta: str = "none",
+    amp: bool | None = None,
+    tile_multiple: int = 32,
+    block_tiles: tuple[int, int] = (4, 8),
+    progress: bool = False,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Predict an image band by band; yield ``(top_row, logits)`` with logits (C, h, W) float32.
+
+    Bands come in order and cover every row once. Arguments are those of
+    ``sliding_window_predict``, plus ``normalize`` (uint8 RGB region -> uint8 RGB region, or
+    None) and ``block_tiles``, the (rows, columns) of tiles read and normalised together.
+    """
+    tile, overlap_px = resolve_tiling(tile_size, overlap, batch_size, blend, tta, tile_multiple)
+    height, width = reader.height, reader.width
+    device = model_device(predict_fn) or torch.device("cpu")
+    use_amp = (device.type == "cuda") if amp is None else amp
+    if height < tile[0] or width < tile[1]:  # thinner than a tile: small enough to do at once
+        pixels = reader.read(0, 0, height, width)
+        image = _to_tensor(_normalized(pixels, normalize), device)
+        logits = sliding_window_predict(
+            image, predict_fn, tile, overlap, batch_size, blend, tta, amp=use_amp, tile_multiple=tile_multiple
+        )
+        yield 0, logits.cpu().numpy()
+        return
+
+    grid = TileGrid((height, width), tile, overlap_px, blend, device)
+    row_sums, col_sums = grid.axis_weight_sums()
+    ys, xs = grid.starts
+    row_groups = [ys[i : i + block_tiles[0]] for i in range(0, len(ys), block_tiles[0])]
+    col_groups = [xs[i : i + block_tiles[1]] for i in range(0, len(xs), block_tiles[1])]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ys) * len(xs), desc=f"tiles {Path(reader.name).name}", unit="tile", leave=False)
+    carry: torch.Tensor | None = None
+    th, tw = tile
+    try:
+        with torch.inference_mode():
+            for group_index, group in enumerate(row_groups):
+                band_top, band_bottom = group[0], group[-1] + th
+                accumulator: torch.Tensor | None = None
+                for columns in col_groups:
+                    region_left, region_right = columns[0], columns[-1] + tw
+                    pixels = reader.read(band_top, region_left, band_bottom - band_top, region_right - region_left)
+                    region = _to_tensor(_normalized(pixels, normalize), device)
+                    jobs = [(y, x) for y in group for x in columns]
+                    for start in range(0, len(jobs), batch_size):
+                        chunk = jobs[start : start + batch_size]
+                        tiles = torch.stack(
+                            [region[:, y - band_top : y - band_top + th, x - region_left : x - region_left + tw] for y, x in chunk]
+                        )
+                        logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
+                        if accumulator is None:
+                            accumulator = torch.zeros(
+                                (logits.shape[1], band_bottom - band_top, width), dtype=torch.float32, device=device
+                            )
+                            if carry is not None:
+                                accumulator[:, : carry.shape[1]] += carry
+                        for k, (y, x) in enumerate(chunk):
+                            accumulator[:, y - band_top : y - band_top + th, x : x + tw].addcmul_(logits[k], grid.weight(y, x))
+                        if bar is not None:
+                            bar.update(len(chunk))
+                assert accumulator is not None
+                last = group_index == len(row_groups) - 1
+                final_rows = (band_bottom if last else row_groups[group_index + 1][0]) - band_top
+                done = accumulator[:, :final_rows] / (row_sums[band_top : band_top + final_rows, None] * col_sums[None, :])
+                carry = None if last else accumulator[:, final_rows:].clone()
+                yield band_top, done.cpu().numpy()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _normalized(pixels: np.ndarray, normalize: Normalizer | None) -> np.ndarray:
+    return pixels if normalize is None else normalize(np.ascontiguousarray(pixels))
+
+
+def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(h, w, 3) uint8 -> (3, h, w) float32 in [0, 1] on ``device``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+    return tensor.permute(2, 0, 1).float().div_(255.0)
+
+
+class RawRowFile:
+    """Rows of a (height, width) array of one dtype, appended in order to a temporary file.
+
+    A later pass reads any rows back with :meth:`read`. The file lives in ``directory`` (next to
+    the outputs, where there is room for them) and is deleted on :meth:`close`.
+    """
+
+    def __init__(self, width: int, dtype: np.dtype | type, directory: str | os.PathLike[str] | None = None) -> None:
+        self.width = int(width)
+        self.dtype = np.dtype(dtype)
+        handle, name = tempfile.mkstemp(prefix=".nucseg-rows-", suffix=".raw", dir=directory)
+        self.path = Path(name)
+        self._file = os.fdopen(handle, "w+b")
+        self.rows = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        """Append rows (h, width) at the end."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.ndim != 2 or rows.shape[1] != self.width:
+            raise ValueError(f"{self.path}: rows must have shape (h, {self.width}), got {rows.shape}")
+        self._file.seek(0, os.SEEK_END)
+        self._file.write(rows.tobytes())
+        self.rows += rows.shape[0]
+
+    def read(self, top: int, bottom: int) -> np.ndarray:
+        """Rows ``top`` to ``bottom`` (exclusive, clipped to what was written)."""
+        top, bottom = max(0, top), min(bottom, self.rows)
+        if bottom <= top:
+            return np.zeros((0, self.width), dtype=self.dtype)
+        row_bytes = self.width * self.dtype.itemsize
+        self._file.seek(top * row_bytes)
+        data = self._file.read((bottom - top) * row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(bottom - top, self.width).copy()
+
+    def close(self) -> None:
+        """Delete the file."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RawRowFile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,90 @@
+"""End to end on tiny synthetic data: fast_dev_run per model, a real tiny run, evaluate, a multirun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, TINY_OVERRIDES
+from nucseg.checkpoint import CheckpointError, load_module
+from nucseg.pipeline import train
+
+MODELS = ["unet", "resunet", "linknet34"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [*MODELS, "smp"])
+def test_fast_dev_run_trains_validates_and_tests_each_model(compose_train, model, tmp_path):
+    overrides = [f"model={model}", "debug=fast"]
+    if model == "smp":
+        overrides += ["model.net.arch=FPN", "model.net.encoder_name=resnet18"]
+    metrics = train(compose_train(overrides))
+    assert metrics["model"] == compose_train(overrides).model.name
+    assert 0.0 <= metrics["test"]["dice"] <= 1.0
+    assert metrics["test"]["num_images"] == 2
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_short_run_learns_and_its_checkpoint_predicts_like_the_test(compose_train, tmp_path):
+    cfg = compose_train(
+        ["model=unet", "++widths.unet=8", "trainer.max_epochs=6", "data.patches_per_image=8", "optimizer.lr=3e-3"]
+    )
+    metrics = train(cfg)
+    run_dir = tmp_path / "run"
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["test"]["dice"] == pytest.approx(metrics["test"]["dice"])
+    assert written["test"]["dice"] > 0.6, "six short epochs on synthetic nuclei should be well above chance"
+    assert written["params"] > 0 and written["train_patches_per_s"] > 0
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+    module = load_module(run_dir)
+    assert not module.training
+    assert module.stain_normalizer is not None and module.stain_normalizer.is_fitted
+    images = torch.rand(1, 3, 96, 96)
+    logits = module.predict_logits(images)
+    assert logits.shape == (1, 1, 96, 96) and torch.isfinite(logits).all()
+
+
+def test_load_module_names_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoints/best.ckpt"):
+        load_module(tmp_path)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken.ckpt: cannot read checkpoint"):
+        load_module(broken)
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        env={**__import__("os").environ, "NUCSEG_CACHE_DIR": str(tmp_path / "cache")},
+    )
+
+
+@pytest.mark.slow
+def test_two_model_multirun_writes_two_metrics_files_and_evaluate_rewrites_one(tmp_path):
+    overrides = [o for o in TINY_OVERRIDES if "widths" not in o] + ["+widths={unet: 4, resunet: 4}"]
+    result = _run(["train.py", "-m", "model=unet,resunet", f"paths.log_dir={tmp_path / 'logs'}", *overrides], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics_files = sorted((tmp_path / "logs" / "multiruns").glob("*/*/metrics.json"))
+    assert [path.parent.name for path in metrics_files] == ["0_model=unet", "1_model=resunet"]
+    for path, model in zip(metrics_files, ["unet", "resunet"], strict=True):
+        metrics = json.loads(path.read_text())
+        assert metrics["model"] == model
+        assert {"dice", "iou", "accuracy", "loss"} <= set(metrics["test"])
+        assert list((path.parent / "tensorboard").glob("events.out.tfevents.*"))
+
+    run_dir = metrics_files[0].parent
+    before = json.loads(metrics_files[0].read_text())
+    result = _run(["evaluate.py", f"run_dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads(metrics_files[0].read_text())
+    assert after["test"]["dice"] == pytest.approx(before["test"]["dice"], abs=1e-6)
+    assert after["train_time_s"] == before["train_time_s"]
+    assert after["evaluated_checkpoint"].endswith("best.ckpt")
