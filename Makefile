@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast train compare bench lint clean
+.PHONY: help venv demo test test-fast train compare tensorboard tensorboard-check bench lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ train: $(STAMP) ## Train with the defaults (ARGS="model=resunet ..." to override
 
 compare: $(STAMP) ## Compare the runs of the newest multirun (or DIRS="logs/multiruns/...")
 	$(PY) -m nucseg.compare $(DIRS)
+
+tensorboard: $(STAMP) ## Serve TensorBoard for all runs on 127.0.0.1:6006
+	$(PY) -m tensorboard.main --logdir logs --host 127.0.0.1
+
+tensorboard-check: $(STAMP) ## Start TensorBoard on the newest sweep (or DIRS=...), check tags and HParams over HTTP, stop it
+	$(PY) -m nucseg.compare.tensorboard_check $(DIRS)
 
 bench: $(STAMP) ## Inference benchmark (needs the bench extra: MONAI, psutil)
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'

@@ -89,7 +89,7 @@ def sweep(tmp_path: Path) -> Path:
     )
     resunet = _write_run(
         root, "1_model=resunet", "resunet", 0,
-        {"loss": 0.35, "dice": 0.82, "iou": 0.70, "accuracy": 0.91, "aji": 0.61, "num_images": 14},
+        {"loss": 0.35, "loss_dice": 0.2, "dice": 0.82, "iou": 0.70, "accuracy": 0.91, "aji": 0.61, "num_images": 14},
         {"status": "finished", "error": None},
         {"params": 9000000, "train_time_s": 900.0, "train_patches_per_s": 2.0},
     )
@@ -127,6 +127,28 @@ def test_collect_classifies_every_run(sweep: Path) -> None:
     assert runs["2_model=linknet34"].error == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
     assert runs["2_model=linknet34"].model == "linknet34"
     assert runs["3_model=unet,seed=1"].seed == 1
+
+
+def test_collect_unusual_states(tmp_path: Path) -> None:
+    """Corrupt metrics, 'finished' without metrics, no status at all: each listed, none raises."""
+    for name, files in {
+        "corrupt": {"metrics.json": "{not json"},
+        "no_metrics": {".hydra/config.yaml": "model:\n  name: unet\n", "status.json": '{"status": "finished"}'},
+        "no_status": {".hydra/config.yaml": "model: linknet34\n"},
+        "bad_yaml": {".hydra/config.yaml": "model: [unclosed\n", "status.json": '{"status": "running"}'},
+    }.items():
+        for relative, text in files.items():
+            (tmp_path / name / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / relative).write_text(text)
+    runs = {run.name: run for run in collect.collect_runs([tmp_path])}
+    assert {name: (run.status, run.model) for name, run in runs.items()} == {
+        "bad_yaml": ("running or crashed", "?"),
+        "corrupt": ("invalid", "?"),
+        "no_metrics": ("invalid", "unet"),
+        "no_status": ("running or crashed", "linknet34"),
+    }
+    assert "unreadable" in (runs["corrupt"].error or "")
+    assert len(build_table(list(runs.values())).groups) == 4
 
 
 def test_collect_single_run_and_missing_path(sweep: Path, tmp_path: Path) -> None:
@@ -167,6 +189,7 @@ def test_csv_has_full_precision_and_status(sweep: Path) -> None:
     assert float(unet["train_time_s_mean"]) == pytest.approx(630.0)
     assert unet["test.aji_mean"] == ""
     assert float(rows[("resunet", "finished")]["test.aji_mean"]) == pytest.approx(0.61)
+    assert float(rows[("resunet", "finished")]["test.loss_dice_mean"]) == pytest.approx(0.2)  # CSV only
     failed = rows[("linknet34", "failed")]
     assert failed["error"].startswith("RuntimeError: CUDA out of memory")
     assert failed["test.dice_mean"] == "" and failed["n_runs"] == "1"

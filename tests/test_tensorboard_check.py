@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def _write_sweep(root: Path) -> Path:
         test = {"test/dice": 0.7 + 0.01 * index, "test/iou": 0.6, "test/accuracy": 0.9, "test/loss": 0.3}
         logger.log_hyperparams({"model": {"name": model}, "seed": 0, "optimizer": {"lr": 1e-3}}, metrics=test)
         logger.finalize("success")
+        metrics = {"model": model, "status": "finished", "test": {key.split("/")[1]: value for key, value in test.items()}}
+        (root / f"{index}_model={model}" / "metrics.json").write_text(json.dumps(metrics))
     return root
 
 
@@ -83,8 +86,9 @@ def test_tensorboard_serves_all_models_and_hparams(tmp_path: Path, capsys: pytes
     assert report.custom_scalar_charts["Dice"] == ["train/dice", "val/dice", "train and val dice"]
     assert {"scalars", "custom_scalars"} <= set(report.active_plugins)
 
-    # The command line, end to end, with an expectation that cannot hold: exit 1, server gone.
-    assert main([str(logdir), "--expect-runs", "3"]) == 0
+    # The command line, end to end: by default every finished run (metrics.json) must show up;
+    # then an expectation that cannot hold gives exit 1.
+    assert main([str(logdir)]) == 0
     assert "hparams metrics: test/accuracy=0.9000" in capsys.readouterr().out
     assert main([str(logdir), "--expect-runs", "4", "--timeout", "3"]) == 1
     assert "3 of 4 expected runs" in capsys.readouterr().err

@@ -12,19 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nucseg.compare.collect import collect_runs
+from nucseg.compare.collect import DEFAULT_SWEEPS, collect_runs, newest_sweep
 from nucseg.compare.report import write_comparison
 
-DEFAULT_SWEEPS = Path("logs") / "multiruns"
-
-
-def newest_sweep(root: str | Path = DEFAULT_SWEEPS) -> Path | None:
-    """The newest sweep folder under ``root``; names are timestamps, so the last name is newest."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    sweeps = sorted(child for child in root.iterdir() if child.is_dir())
-    return sweeps[-1] if sweeps else None
+__all__ = ["build_parser", "main", "newest_sweep"]
 
 
 def build_parser() -> argparse.ArgumentParser:

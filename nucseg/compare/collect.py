@@ -22,6 +22,7 @@ FAILED = "failed"
 RUNNING_OR_CRASHED = "running or crashed"
 INVALID = "invalid"
 
+DEFAULT_SWEEPS = Path("logs") / "multiruns"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 METRICS_FILE = "metrics.json"
 STATUS_FILE = "status.json"
@@ -101,6 +102,15 @@ def _walk_runs(path: Path) -> Iterator[Path]:
 def _natural_key(path: Path) -> list[Any]:
     """Sort ``10_model=x`` after ``2_model=y`` as Hydra's job numbers intend."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def newest_sweep(root: str | Path = DEFAULT_SWEEPS) -> Path | None:
+    """The newest sweep folder under ``root``; names are timestamps, so the last name is newest."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    sweeps = sorted(child for child in root.iterdir() if child.is_dir())
+    return sweeps[-1] if sweeps else None
 
 
 def load_run(path: str | Path) -> RunRecord:

@@ -19,7 +19,8 @@ from typing import Any
 from nucseg.compare.collect import RunRecord
 
 # Keys of metrics.json's "test" block that are pixel metrics; any other numeric key there
-# (AJI, PQ, object F1, ...) is an instance metric and gets its own column when present.
+# except loss terms (``loss_<term>``) is an instance metric (AJI, PQ, object F1, ...) and gets its
+# own column when present.
 PIXEL_TEST_KEYS = (
     "loss",
     "dice",
@@ -250,7 +251,8 @@ def _columns(groups: Iterable[RunGroup]) -> list[Column]:
         for run in group.runs:
             for key, value in ((run.metrics or {}).get("test") or {}).items():
                 numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-                if numeric and key not in PIXEL_TEST_KEYS and key not in instance_keys:
+                loss_term = key.startswith("loss_")  # terms of a composite loss: CSV only
+                if numeric and not loss_term and key not in PIXEL_TEST_KEYS and key not in instance_keys:
                     instance_keys.append(key)
     for key in instance_keys:
         lower = any(word in key.lower() for word in _LOWER_IS_BETTER_WORDS)

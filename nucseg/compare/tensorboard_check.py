@@ -4,7 +4,9 @@ Reading event files directly cannot tell whether TensorBoard's plugins understan
 HParams tab, for one, needs the experiment summary written in a particular way), so this starts
 ``tensorboard`` on loopback, asks it what a user would see and always stops it again.
 
-Usage: ``python -m nucseg.compare.tensorboard_check LOGDIR --expect-runs 3``
+Usage: ``python -m nucseg.compare.tensorboard_check [LOGDIR] [--expect-runs 3]``; LOGDIR defaults
+to the newest sweep under ``logs/multiruns/`` and the expected number of runs to the number of
+finished runs (metrics.json) under LOGDIR.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from nucseg.compare.collect import DEFAULT_SWEEPS, collect_runs, newest_sweep
 
 DEFAULT_EXPECT_TAGS = ("train/loss", "val/loss", "val/dice", "val/iou", "val/accuracy")
 DEFAULT_EXPECT_HPARAMS_METRICS = ("test/dice",)
@@ -262,9 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m nucseg.compare.tensorboard_check",
         description="Start tensorboard on LOGDIR (loopback), read its HTTP API, stop it, report.",
     )
-    parser.add_argument("logdir", type=Path)
     add = parser.add_argument
-    add("--expect-runs", type=int, default=1, help="runs that must have the tags and HParams")
+    add("logdir", type=Path, nargs="?", help="log folder (default: the newest sweep in logs/multiruns/)")
+    add("--expect-runs", type=int, help="runs that must have the tags and HParams (default: finished runs)")
     add("--expect-tag", action="append", help=f"scalar tag each run needs ({list(DEFAULT_EXPECT_TAGS)})")
     add(
         "--expect-hparams-metric",
@@ -277,8 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tags = args.expect_tag or list(DEFAULT_EXPECT_TAGS)
     metrics = args.expect_hparams_metric or list(DEFAULT_EXPECT_HPARAMS_METRICS)
+    logdir = args.logdir or newest_sweep()
+    if logdir is None:
+        print(f"error: {DEFAULT_SWEEPS}: no sweep folder; pass a log folder", file=sys.stderr)
+        return 1
     try:
-        report = check_tensorboard(args.logdir, args.expect_runs, tags, metrics, timeout=args.timeout)
+        expect_runs = args.expect_runs or max(1, sum(run.finished for run in collect_runs([logdir])))
+        report = check_tensorboard(logdir, expect_runs, tags, metrics, timeout=args.timeout)
     except (OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -286,9 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(asdict(report), indent=2))
     else:
         _print_summary(report)
-    problems = report.problems(args.expect_runs, tags, metrics)
+    problems = report.problems(expect_runs, tags, metrics)
     for problem in problems:
-        print(f"error: {args.logdir}: {problem}", file=sys.stderr)
+        print(f"error: {logdir}: {problem}", file=sys.stderr)
     return 1 if problems else 0
 
 

@@ -13,7 +13,9 @@ What QuPath (0.4 and later) reads from a Feature, and therefore what is written:
 Polygons. Each nucleus is traced with marching squares (``skimage.measure.find_contours`` at
 level 0.5 on its zero-padded mask), so the ring runs midway between pixel centres and never
 crosses itself; ``fully_connected="low"`` matches 4-connected labels, "high" 8-connected ones.
-Only the exterior ring is written (holes inside a nucleus are filled in the polygon). The ring
+Only the exterior ring is written (holes inside a nucleus are filled in the polygon); a label is
+expected to be one connected piece, as ``label_instances`` makes them (otherwise only the largest
+piece is traced). The ring
 is simplified with Douglas-Peucker (``tolerance``, 0.25 px by default: it removes the collinear
 and nearly collinear vertices, about two thirds of them, and changes the area by well under 1%) and the unsimplified ring is kept
 whenever simplification would leave fewer than 4 positions or make it self-intersecting.
@@ -153,6 +155,7 @@ def features_from_labels(
     tolerance: float = 0.25,
     connectivity: int = 1,
     only: Iterable[int] | None = None,
+    max_rows: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one Feature per label of an (H, W) label image (or window of one), in label order.
 
@@ -161,11 +164,14 @@ def features_from_labels(
         offset: (row, column) of ``labels[0, 0]`` in the whole image.
         tolerance: Douglas-Peucker tolerance in pixels.
         connectivity: The connectivity the labels were made with.
-        only: Restrict to these label values (the streaming writer's ownership rule).
+        only: Restrict to these label values.
+        max_rows: Skip objects taller than this many rows (not nuclei; the streamed writer's rule).
     """
     wanted = None if only is None else set(int(v) for v in only)
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None or (wanted is not None and index not in wanted):
+            continue
+        if max_rows is not None and box[0].stop - box[0].start > max_rows:
             continue
         mask = labels[box] == index
         ring = nucleus_ring(mask, (offset[0] + box[0].start, offset[1] + box[1].start), tolerance, connectivity)

@@ -304,7 +304,7 @@ def _normalized(pixels: np.ndarray, normalize: Normalizer | None) -> np.ndarray:
 
 def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     """(h, w, 3) uint8 -> (3, h, w) float32 in [0, 1] on ``device``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+    tensor = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(device)
     return tensor.permute(2, 0, 1).float().div_(255.0)
 
 

@@ -1,0 +1,175 @@
+"""Predict nuclei in images with a trained model: ``python -m nucseg.predict`` / ``predict.py``.
+
+Inputs are files, folders (their PNG/JPEG/TIFF files; ``--recursive`` descends) or glob patterns
+(quote them so the shell leaves them alone). Images may be RGB, RGBA (alpha is dropped),
+greyscale (replicated to RGB), 8 or 16 bit (16 bit is scaled by 255/65535); see
+``nucseg.utils.image_io``. Every image is stain-normalised with the reference fitted at training
+time (stored in the checkpoint), predicted by sliding window with the model's validation
+settings unless overridden here, and written to ``--output`` (names in
+``nucseg.inference.outputs``): ``<stem>_mask.png``, ``<stem>_labels.tif``, ``<stem>_overlay.png``,
+``<stem>.geojson`` (QuPath detections) and, with ``--probability``, ``<stem>_prob.tif``.
+Images above ``--stream-above`` pixels are streamed with bounded memory.
+
+A file that cannot be read or predicted is reported on stderr by name and skipped (its partial
+outputs are removed); the others are still written. Exit status: 0 when every image was
+written, 1 when any failed, 2 for a usage error (bad arguments, no inputs, unreadable model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nucseg.inference.outputs import OutputPaths, PostprocessSettings
+from nucseg.inference.runner import DEFAULT_STREAM_ABOVE, predict_file
+from nucseg.utils.image_io import IMAGE_SUFFIXES
+
+logger = logging.getLogger("nucseg.predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (defaults of tiling options come from the checkpoint)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m nucseg.predict",
+        description="Segment nuclei in H&E images with a trained nucseg model.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders or quoted glob patterns")
+    parser.add_argument("-c", "--checkpoint", required=True, help="run directory or .ckpt file")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="folder for the outputs")
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    tiling = parser.add_argument_group("tiling (default: the model's validation settings)")
+    tiling.add_argument("--tile-size", type=int)
+    tiling.add_argument("--overlap", type=float, help="pixels (>= 1) or a fraction of the tile (< 1)")
+    tiling.add_argument("--batch-size", type=int)
+    tiling.add_argument("--blend", choices=["gaussian", "flat"])
+    tiling.add_argument("--tta", choices=["none", "flips", "d4"])
+    tiling.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on CUDA)")
+    post = parser.add_argument_group("post-processing")
+    post.add_argument("--threshold", type=float, help="foreground probability threshold (default: the model's)")
+    post.add_argument("--min-size", type=int, default=PostprocessSettings.min_size, help="drop smaller nuclei (pixels)")
+    post.add_argument("--connectivity", type=int, choices=[1, 2], default=1, help="1: 4-connected, 2: 8-connected")
+    parser.add_argument("--probability", action="store_true", help="also write <stem>_prob.tif (uint8, 255 * p)")
+    parser.add_argument("--no-stain", action="store_true", help="skip stain normalisation")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--stream-above", type=int, default=DEFAULT_STREAM_ABOVE, help="stream images with more pixels")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def collect_inputs(specs: Sequence[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Expand files, folders and globs into image files (sorted, no duplicates) and errors."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                errors.append(f"{spec}: no PNG, JPEG or TIFF images in this folder")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                errors.append(f"{spec}: not a PNG, JPEG or TIFF file")
+            else:
+                files.append(path)
+        elif glob.has_magic(spec):
+            found = sorted(
+                Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                errors.append(f"{spec}: pattern matches no images")
+            files.extend(found)
+        else:
+            errors.append(f"{spec}: no such file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return unique, errors
+
+
+def unique_stems(files: Sequence[Path]) -> list[str]:
+    """Output stems: the file stem, with ``-2``, ``-3``... added when two inputs share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in files:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
+    return stems
+
+
+def _tiling_from(args: argparse.Namespace, defaults: dict) -> dict:
+    """The model's inference settings overridden by the command line."""
+    tiling = {key: defaults[key] for key in ("tile_size", "overlap", "batch_size", "blend", "tta", "tile_multiple") if key in defaults}
+    if args.overlap is not None:
+        tiling["overlap"] = int(args.overlap) if args.overlap >= 1 else float(args.overlap)
+    for key in ("tile_size", "batch_size", "blend", "tta"):
+        if getattr(args, key) is not None:
+            tiling[key] = getattr(args, key)
+    tiling["amp"] = args.amp
+    return tiling
+
+
+def _load(checkpoint: str, device_name: str):  # noqa: ANN202 - the lead's SegmentationModule
+    """Load the module onto the chosen device."""
+    import torch
+
+    from nucseg.checkpoint import load_module
+
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_module(checkpoint, map_location=torch.device(device_name))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (module docstring)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    files, input_errors = collect_inputs(args.inputs, args.recursive)
+    for error in input_errors:
+        print(f"error: {error}", file=sys.stderr)
+    if not files:
+        print("error: no images to predict", file=sys.stderr)
+        return 2
+    try:
+        module = _load(args.checkpoint, args.device)
+    except Exception as error:  # noqa: BLE001 - one line, not a traceback, for a bad model path
+        print(f"error: {args.checkpoint}: cannot load model ({type(error).__name__}: {error})", file=sys.stderr)
+        return 2
+    defaults = dict(getattr(module, "inference_kwargs", {}) or {})
+    tiling = _tiling_from(args, defaults)
+    threshold = args.threshold if args.threshold is not None else float(getattr(module, "threshold", 0.5))
+    settings = PostprocessSettings(threshold=threshold, min_size=args.min_size, connectivity=args.connectivity)
+    normalizer = None if args.no_stain else getattr(module, "stain_normalizer", None)
+    progress = not args.no_progress
+    failed_images = 0
+    items = list(zip(files, unique_stems(files)))
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc="images", unit="image")
+    report = items.write if progress else print  # type: ignore[union-attr]
+    for path, stem in items:
+        paths = OutputPaths.for_image(args.output, stem, probability=args.probability)
+        try:
+            result = predict_file(path, module, paths, normalizer, tiling, settings, args.stream_above, progress)
+        except Exception as error:  # noqa: BLE001 - report the file, keep going with the others
+            failed_images += 1
+            for written in paths.all():
+                written.unlink(missing_ok=True)
+            print(f"error: {path}: {type(error).__name__}: {error}", file=sys.stderr)
+            continue
+        mode = "streamed" if result.streamed else "in memory"
+        report(f"{path}: {result.width}x{result.height}, {result.nuclei} nuclei, {result.seconds:.1f} s ({mode})")
+    summary = f"{len(files) - failed_images} of {len(files)} images written to {args.output}"
+    if failed_images or input_errors:
+        summary += f"; {failed_images} failed, {len(input_errors)} input errors"
+    print(summary)
+    return 1 if failed_images or input_errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,216 @@
+"""Streaming large images: region reads, band-wise prediction, labels and outputs equal in-memory ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch import nn
+
+from nucseg.inference import sliding_window_predict
+from nucseg.inference.outputs import OutputPaths, PostprocessSettings, sigmoid, write_outputs, write_outputs_streamed
+from nucseg.inference.streaming import ArrayRegionReader, RawRowFile, TiffRegionReader, stream_logits
+from nucseg.postprocess import StreamingLabeler, label_instances
+from nucseg.utils.image_io import ImageReadError, read_rgb_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def nuclei_image(height: int, width: int, count: int, seed: int = 0) -> np.ndarray:
+    """Pink background with dark purple disks of radius 3..9, some touching, some at the border."""
+    rng = np.random.default_rng(seed)
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = (232, 196, 222)
+    rows, cols = np.ogrid[:height, :width]
+    for _ in range(count):
+        r, c, radius = rng.integers(0, height), rng.integers(0, width), rng.integers(3, 10)
+        top, bottom, left, right = max(0, r - radius), min(height, r + radius + 1), max(0, c - radius), min(width, c + radius + 1)
+        disk = (rows[top:bottom] - r) ** 2 + (cols[:, left:right] - c) ** 2 <= radius**2
+        image[top:bottom, left:right][disk] = (92, 58, 140)
+    noise = rng.integers(-12, 13, image.shape)
+    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+class DarknessNet(nn.Module):
+    """Logit = 12 * (0.55 - local mean intensity): dark nuclei positive, pink background negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.fill_(-12.0 / 27.0)
+            self.conv.bias.fill_(12.0 * 0.55)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.conv(images)
+
+
+def write_tiff_variants(directory: Path, image: np.ndarray) -> dict[str, Path]:
+    """The same pixels as tiled/striped, compressed/raw, contiguous/planar, grey 16 bit and RGBA TIFFs."""
+    paths = {name: directory / f"{name}.tif" for name in ("tiled", "raw_strip", "zlib_strips", "planar", "jpeg", "grey16", "rgba")}
+    tifffile.imwrite(paths["tiled"], image, tile=(64, 64), compression="zlib", photometric="rgb")
+    tifffile.imwrite(paths["raw_strip"], image, photometric="rgb")
+    tifffile.imwrite(paths["zlib_strips"], image, compression="zlib", rowsperstrip=17, photometric="rgb")
+    tifffile.imwrite(paths["planar"], np.moveaxis(image, -1, 0), planarconfig="separate", tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(paths["jpeg"], image, compression="jpeg", tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(paths["grey16"], image[..., 0].astype(np.uint16) * 257, tile=(32, 48), compression="zlib")
+    alpha = np.full(image.shape[:2] + (1,), 9, dtype=np.uint8)
+    tifffile.imwrite(paths["rgba"], np.concatenate([image, alpha], axis=-1), photometric="rgb", rowsperstrip=40)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiff_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_tiff_variants(tmp_path_factory.mktemp("tiffs"), nuclei_image(230, 310, 40, seed=1))
+
+
+@pytest.mark.parametrize("variant", ["tiled", "raw_strip", "zlib_strips", "planar", "jpeg", "grey16", "rgba"])
+def test_tiff_region_reads_equal_whole_image_reads(tiff_variants: dict[str, Path], variant: str) -> None:
+    whole = read_rgb_image(tiff_variants[variant])
+    with TiffRegionReader(tiff_variants[variant]) as reader:
+        assert (reader.height, reader.width) == whole.shape[:2]
+        for top, left, height, width in [(0, 0, 230, 310), (13, 70, 100, 129), (229, 309, 9, 9), (64, 64, 64, 64)]:
+            assert np.array_equal(reader.read(top, left, height, width), whole[top : top + height, left : left + width])
+
+
+def test_corrupt_tiff_is_reported_by_name(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 20)
+    with pytest.raises(ImageReadError, match="broken.tif"):
+        TiffRegionReader(bad)
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "overlap", "block"),
+    [((700, 900), 128, 32, (2, 3)), ((700, 900), 128, 32, (1, 1)), ((513, 257), 64, 0.25, (3, 2)), ((100, 900), 128, 32, (2, 2))],
+)
+def test_streamed_logits_equal_whole_image_prediction(size: tuple[int, int], tile: int, overlap: int | float, block: tuple[int, int]) -> None:
+    image = nuclei_image(*size, count=60, seed=2)
+    net = DarknessNet()
+    bands = list(stream_logits(ArrayRegionReader(image), net, tile_size=tile, overlap=overlap, block_tiles=block, batch_size=5))
+    tops = [top for top, _ in bands]
+    assert tops == sorted(tops) and tops[0] == 0
+    streamed = np.concatenate([band for _, band in bands], axis=1)
+    whole = sliding_window_predict(torch.from_numpy(image).permute(2, 0, 1).float() / 255, net, tile, overlap).numpy()
+    assert streamed.shape == whole.shape
+    assert np.abs(streamed - whole).max() < 1e-4
+
+
+def test_stain_normalisation_is_applied_per_block() -> None:
+    seen: list[tuple[int, int]] = []
+
+    def normalize(region: np.ndarray) -> np.ndarray:
+        seen.append(region.shape[:2])
+        return 255 - region
+
+    image = nuclei_image(300, 300, 10)
+    bands = list(stream_logits(ArrayRegionReader(image), DarknessNet(), normalize, tile_size=64, overlap=16, block_tiles=(2, 2)))
+    assert len(seen) > 1 and all(h <= 2 * 64 and w <= 2 * 64 for h, w in seen)
+    inverted = sliding_window_predict(torch.from_numpy(255 - image).permute(2, 0, 1).float() / 255, DarknessNet(), 64, 16)
+    assert np.abs(np.concatenate([b for _, b in bands], axis=1) - inverted.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_streaming_labeler_equals_whole_image_labelling(connectivity: int) -> None:
+    rng = np.random.default_rng(connectivity)
+    mask = ndimage.binary_opening(rng.random((400, 333)) > 0.42)
+    mask[:, 100] = True  # one component spanning every band
+    expected = label_instances(mask, min_size=6, connectivity=connectivity)
+    labeler = StreamingLabeler(min_size=6, connectivity=connectivity)
+    bands, top = [], 0
+    while top < mask.shape[0]:
+        height = int(rng.integers(1, 50))
+        bands.append(labeler.add_band(mask[top : top + height]))
+        top += height
+    lut = labeler.finish()
+    assert np.array_equal(lut[np.concatenate(bands)], expected)
+    boxes = ndimage.find_objects(expected)
+    assert len(labeler.bboxes) == len(boxes) == expected.max()
+    for index, box in enumerate(boxes):
+        assert tuple(labeler.bboxes[index]) == (box[0].start, box[1].start, box[0].stop, box[1].stop)
+        assert labeler.areas[index] == np.count_nonzero(expected == index + 1)
+
+
+def test_raw_row_file_round_trip(tmp_path: Path) -> None:
+    rows = np.arange(50 * 7, dtype=np.int32).reshape(50, 7)
+    with RawRowFile(7, np.int32, tmp_path) as store:
+        store.append(rows[:20])
+        store.append(rows[20:])
+        assert np.array_equal(store.read(5, 45), rows[5:45])
+        assert np.array_equal(store.read(-3, 2), rows[:2])
+        assert store.read(60, 70).shape == (0, 7)
+        path = store.path
+    assert not path.exists()
+
+
+def test_streamed_outputs_equal_in_memory_outputs(tmp_path: Path) -> None:
+    image = nuclei_image(520, 610, 150, seed=3)
+    tiff = tmp_path / "image.tif"
+    tifffile.imwrite(tiff, image, tile=(128, 128), compression="zlib", photometric="rgb")
+    net = DarknessNet()
+    settings = PostprocessSettings(min_size=5)
+    logits = sliding_window_predict(torch.from_numpy(image).permute(2, 0, 1).float() / 255, net, 128, 32)
+    memory = OutputPaths.for_image(tmp_path / "memory", "image", probability=True)
+    streamed = OutputPaths.for_image(tmp_path / "streamed", "image", probability=True)
+    count_memory = write_outputs(image, sigmoid(logits[0].numpy()), memory, settings)
+    with TiffRegionReader(tiff) as reader:
+        bands = stream_logits(reader, net, tile_size=128, overlap=32, block_tiles=(2, 2))
+        count_streamed = write_outputs_streamed(reader, bands, streamed, settings, band_rows=64)
+    assert count_memory == count_streamed > 50
+    assert np.array_equal(tifffile.imread(memory.labels), tifffile.imread(streamed.labels))
+    assert np.abs(tifffile.imread(memory.probability).astype(int) - tifffile.imread(streamed.probability)).max() <= 1
+    for name in ("mask", "overlay"):
+        assert np.array_equal(np.asarray(Image.open(getattr(memory, name))), np.asarray(Image.open(getattr(streamed, name))))
+    rings = [
+        [f["geometry"]["coordinates"] for f in json.loads(p.read_text())["features"]] for p in (memory.geojson, streamed.geojson)
+    ]
+    assert rings[0] == rings[1]
+    assert not list(streamed.labels.parent.glob(".nucseg-rows-*")), "temporary row files must be removed"
+
+
+@pytest.mark.slow
+def test_10k_tiff_is_predicted_with_bounded_memory(tmp_path: Path) -> None:
+    """A 10 000 x 10 000 RGB TIFF through predict_file, in a fresh process: peak RSS < 3 GB."""
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        import numpy as np, tifffile
+        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_streaming import DarknessNet, nuclei_image
+        from nucseg.inference.outputs import OutputPaths, PostprocessSettings
+        from nucseg.inference.runner import predict_file
+
+        path = {str(tmp_path / "big.tif")!r}
+        periodic = np.tile(nuclei_image(1000, 1000, 400), (2, 2, 1))  # 1000-px period, cut in 512 tiles
+        def tiles():
+            for y in range(0, 10000, 512):
+                for x in range(0, 10000, 512):
+                    yield np.ascontiguousarray(periodic[y % 1000 : y % 1000 + 512, x % 1000 : x % 1000 + 512])
+        tifffile.imwrite(path, tiles(), shape=(10000, 10000, 3), dtype=np.uint8, tile=(512, 512),
+                         photometric="rgb", compression="zlib")
+        del periodic
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        paths = OutputPaths.for_image({str(tmp_path / "out")!r}, "big")
+        result = predict_file(path, DarknessNet(), paths, tiling={{"tile_size": 256, "overlap": 64, "batch_size": 8}},
+                              settings=PostprocessSettings(min_size=5), stream_above=4096 * 4096)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(result.streamed, result.nuclei, before, peak)
+        """
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    streamed, nuclei, _, peak_kib = completed.stdout.split()
+    assert streamed == "True" and int(nuclei) > 10000
+    assert int(peak_kib) * 1024 < 3 * 1024**3, f"peak RSS {int(peak_kib) / 1024**2:.2f} GiB"
+    with tifffile.TiffFile(tmp_path / "out" / "big_labels.tif") as labels:
+        assert labels.pages.first.shape == (10000, 10000)
