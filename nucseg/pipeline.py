@@ -119,6 +119,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "data_preparation_s": {key: round(value, 2) for key, value in datamodule.preparation_seconds.items()},
         "config": module.run_config,
     }
+    if not trainer.is_global_zero:  # under DDP every rank runs this function; one writes
+        return metrics
     if isinstance(logger, TensorBoardLogger):
         logger.log_hyperparams(
             _hparams_for_tensorboard(module.run_config), metrics={f"test/{k}": v for k, v in test_results.items()}

@@ -146,9 +146,10 @@ def write_outputs_streamed(
         for top, logits in bands:
             if top != labeler.rows_seen:
                 raise ValueError(f"{reader.name}: bands out of order (row {top}, expected {labeler.rows_seen})")
-            probability = sigmoid(logits[0])
-            probabilities.append(probability_to_uint8(probability))
-            provisional.append(labeler.add_band(probability >= settings.threshold))
+            for start in range(0, logits.shape[1], band_rows):  # bounded temporaries per sub-band
+                probability = sigmoid(logits[0, start : start + band_rows])
+                probabilities.append(probability_to_uint8(probability))
+                provisional.append(labeler.add_band(probability >= settings.threshold))
         if labeler.rows_seen != height:
             raise ValueError(f"{reader.name}: prediction covered {labeler.rows_seen} of {height} rows")
         lut = labeler.finish()

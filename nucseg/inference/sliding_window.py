@@ -29,10 +29,12 @@ the final result is returned, so the engine adds little over the network's own f
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,11 +106,11 @@ def sliding_window_predict(
     with torch.inference_mode():
         padded, (top, left) = _pad_for_tiling(batch.to(device), tile, border_pad, pad_mode)
         height, width = batch.shape[-2:]
-        grid = TileGrid(padded.shape[-2:], tile, overlap_px, blend, device)
+        grid = cached_grid((int(padded.shape[-2]), int(padded.shape[-1])), tile, overlap_px, blend, device)
         logits = _predict_tiles(padded, predict_fn, grid, batch_size, tta, use_amp, progress)
         logits = logits[:, :, top : top + height, left : left + width]
         weights = grid.weight_sum()[top : top + height, left : left + width]
-        result = (logits / weights).to(out_device)
+        result = _divide(logits, weights).to(out_device)
     return result[0] if unbatched else result
 
 
@@ -133,18 +135,25 @@ class TileGrid:
     ) -> None:
         self.size = (int(size[0]), int(size[1]))
         self.tile = tile
-        self.starts = tuple(tile_starts(length, side, ov) for length, side, ov in zip(self.size, tile, overlap))
-        profiles = [
-            {key: _axis_profile(side, ov // 4, blend, *key) for key in ((a, b) for a in (0, 1) for b in (0, 1))}
-            for side, ov in zip(tile, overlap)
-        ]
-        self._profiles = profiles
-        self._maps: dict[tuple[int, int, int, int], torch.Tensor] = {}
-        for ky in profiles[0]:
-            for kx in profiles[1]:
-                weight = profiles[0][ky][:, None] * profiles[1][kx][None, :]
-                self._maps[(*ky, *kx)] = weight.to(device=device, dtype=torch.float32)
         self.device = device
+        self.starts = tuple(tile_starts(length, side, ov) for length, side, ov in zip(self.size, tile, overlap))
+        # 1-D profiles per axis, keyed by (starts on the image border, ends on it); numpy, so that
+        # building a grid costs no small torch ops (slow when other processes load the CPU)
+        self._profiles = [
+            {key: _axis_profile(side, ov // 4, blend, *key) for key in self._axis_keys(starts)}
+            for side, ov, starts in zip(tile, overlap, self.starts)
+        ]
+        self._maps: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        for ky, py in self._profiles[0].items():
+            for kx, px in self._profiles[1].items():
+                weight = torch.from_numpy(np.outer(py, px).astype(np.float32))
+                self._maps[(*ky, *kx)] = weight.to(device)
+        self._weight_sum: torch.Tensor | None = None
+
+    @staticmethod
+    def _axis_keys(starts: list[int]) -> set[tuple[int, int]]:
+        """The (first, last) kinds of tile that occur along an axis."""
+        return {(int(index == 0), int(index == len(starts) - 1)) for index in range(len(starts))}
 
     def positions(self) -> Iterator[tuple[int, int]]:
         """Yield the (top, left) corner of every tile, row by row."""
@@ -166,17 +175,27 @@ class TileGrid:
         """
         sums = []
         for axis, starts in enumerate(self.starts):
-            total = torch.zeros(self.size[axis], dtype=torch.float64)
-            for start in starts:
-                key = (int(start == starts[0]), int(start == starts[-1]))
+            total = np.zeros(self.size[axis], dtype=np.float64)
+            for index, start in enumerate(starts):
+                key = (int(index == 0), int(index == len(starts) - 1))
                 total[start : start + self.tile[axis]] += self._profiles[axis][key]
-            sums.append(total.clamp_min_(MIN_WEIGHT).to(device=self.device, dtype=torch.float32))
+            sums.append(torch.from_numpy(np.maximum(total, MIN_WEIGHT).astype(np.float32)).to(self.device))
         return sums[0], sums[1]
 
     def weight_sum(self) -> torch.Tensor:
         """The (H, W) sum of the weights of all tiles covering each pixel (positive everywhere)."""
-        rows, cols = self.axis_weight_sums()
-        return rows[:, None] * cols[None, :]
+        if self._weight_sum is None:
+            rows, cols = self.axis_weight_sums()
+            self._weight_sum = rows[:, None] * cols[None, :]
+        return self._weight_sum
+
+
+@functools.lru_cache(maxsize=8)
+def cached_grid(
+    size: tuple[int, int], tile: tuple[int, int], overlap: tuple[int, int], blend: str, device: torch.device
+) -> TileGrid:
+    """A :class:`TileGrid`, reused across calls: validation predicts many images of one size."""
+    return TileGrid(size, tile, overlap, blend, device)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -229,17 +248,17 @@ def resolve_tiling(
     return tile, (_overlap_pixels(overlap, tile[0]), _overlap_pixels(overlap, tile[1]))
 
 
-def _axis_profile(tile: int, trim: int, blend: str, first: int, last: int) -> torch.Tensor:
+def _axis_profile(tile: int, trim: int, blend: str, first: int, last: int) -> np.ndarray:
     """1-D tile weight: Gaussian or flat, 0 on ``trim`` pixels of inner sides, full on border sides.
 
     ``first``/``last`` say that the tile's start/end side lies on the image border.
     """
     if blend == "gaussian":
-        coords = torch.arange(tile, dtype=torch.float64) - (tile - 1) / 2
-        profile = torch.exp(-0.5 * (coords / (GAUSSIAN_SIGMA_SCALE * tile)) ** 2)
-        profile = (profile / profile.max()).clamp_min(MIN_WEIGHT)
+        coords = np.arange(tile, dtype=np.float64) - (tile - 1) / 2
+        profile = np.exp(-0.5 * (coords / (GAUSSIAN_SIGMA_SCALE * tile)) ** 2)
+        profile = np.maximum(profile / profile.max(), MIN_WEIGHT)
     else:
-        profile = torch.ones(tile, dtype=torch.float64)
+        profile = np.ones(tile, dtype=np.float64)
     half = tile // 2
     if first:
         profile[:half] = 1.0
@@ -272,14 +291,62 @@ def _predict_tiles(
     accumulator: torch.Tensor | None = None
     for start in batches:
         chunk = jobs[start : start + batch_size]
-        tiles = torch.stack([padded[index, :, y : y + th, x : x + tw] for index, y, x in chunk])
+        tiles = gather_tiles(padded, chunk, (th, tw))
         logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
         if accumulator is None:
-            accumulator = padded.new_zeros((padded.shape[0], logits.shape[1], *grid.size), dtype=torch.float32)
-        for k, (index, y, x) in enumerate(chunk):
-            accumulator[index, :, y : y + th, x : x + tw].addcmul_(logits[k], grid.weight(y, x))
+            accumulator = zeros((padded.shape[0], logits.shape[1], *grid.size), padded.device)
+        accumulate_tiles(accumulator, logits, chunk, [grid.weight(y, x) for _, y, x in chunk])
     assert accumulator is not None
     return accumulator
+
+
+def zeros(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A float32 zero tensor; on the CPU allocated by numpy (see :func:`gather_tiles`)."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+    return torch.zeros(shape, dtype=torch.float32, device=device)
+
+
+def _divide(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``values / weights`` (broadcast), through numpy on the CPU (see :func:`gather_tiles`)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.divide(values.numpy(), weights.numpy()))
+    return values / weights
+
+
+def gather_tiles(source: torch.Tensor, corners: list[tuple[int, int, int]], tile: tuple[int, int]) -> torch.Tensor:
+    """Stack the tiles ``source[index, :, y:y+h, x:x+w]`` for each (index, y, x) into a batch.
+
+    On the CPU the copies go through numpy: torch would run each as a tiny multi-threaded op,
+    and on a CPU shared with other processes every such op can wait milliseconds for its worker
+    threads to be scheduled. numpy copies on the calling thread and never waits.
+    """
+    th, tw = tile
+    if source.device.type == "cpu":
+        array = source.numpy()
+        return torch.from_numpy(np.stack([array[index, :, y : y + th, x : x + tw] for index, y, x in corners]))
+    return torch.stack([source[index, :, y : y + th, x : x + tw] for index, y, x in corners])
+
+
+def accumulate_tiles(
+    accumulator: torch.Tensor,
+    logits: torch.Tensor,
+    corners: list[tuple[int, int, int]],
+    weights: list[torch.Tensor],
+) -> None:
+    """``accumulator[index, :, y:y+h, x:x+w] += logits[k] * weights[k]`` for each tile k, in place.
+
+    On the CPU through numpy views of the same memory, for the reason given in
+    :func:`gather_tiles`; on a GPU as fused ``addcmul_`` kernels (asynchronous, no host sync).
+    """
+    th, tw = logits.shape[-2:]
+    if accumulator.device.type == "cpu":
+        target, values = accumulator.numpy(), logits.numpy()
+        for k, (index, y, x) in enumerate(corners):
+            target[index, :, y : y + th, x : x + tw] += values[k] * weights[k].numpy()
+        return
+    for k, (index, y, x) in enumerate(corners):
+        accumulator[index, :, y : y + th, x : x + tw].addcmul_(logits[k], weights[k])
 
 
 def _pad_for_tiling(

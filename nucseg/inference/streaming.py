@@ -14,12 +14,17 @@ tiles and predicted; tile logits are blended into an accumulator that spans one 
 the image width. When a block row is done, the rows no later tile touches are final: they are
 divided by the (separable) weight sum and yielded, and the rest carries over. Without stain
 normalisation the result equals ``sliding_window_predict`` on the whole image (up to float
-summation order). Peak memory: one block of pixels plus ``C x (rows of a block row) x W`` floats.
+summation order).
+
+Memory. Peak memory is one block of pixels (read, normalised, as tiles) plus the accumulator of
+one block row, ``C x (rows of a block row) x W`` floats (about 2 KB per image column with the
+defaults): it does not grow with the number of rows, only with the width, so a 100 000-pixel
+wide slide needs about 200 MB for it (fewer with ``block_tiles=(1, n)``).
 
 Stain normalisation per block. Macenko estimates the stain vectors of whatever it is given, so
 neighbouring blocks can be normalised slightly differently; tiles never straddle two
 normalisations (each tile is cut from one block) and overlapping tiles are blended, which hides
-most of it. Blocks are large (4 x 8 tiles by default, about 0.8 x 1.6 kpx) so estimates are
+most of it. Blocks are large (2 x 8 tiles by default, about 0.45 x 1.6 kpx) so estimates are
 stable, and a background-only block falls back to its raw pixels (the normaliser's rule).
 
 ``RawRowFile`` keeps rows of an intermediate result (probabilities, provisional labels) in a
@@ -42,11 +47,13 @@ import torch
 
 from nucseg.inference.sliding_window import (
     TileGrid,
-    autocast_context,  # noqa: F401 - re-exported for callers that stream by hand
+    accumulate_tiles,
+    gather_tiles,
     model_device,
     predict_tile_batch,
     resolve_tiling,
     sliding_window_predict,
+    zeros,
 )
 from nucseg.utils.image_io import ImageReadError, read_rgb_image, to_rgb_uint8
 
@@ -227,7 +234,7 @@ def stream_logits(
     tta: str = "none",
     amp: bool | None = None,
     tile_multiple: int = 32,
-    block_tiles: tuple[int, int] = (4, 8),
+    block_tiles: tuple[int, int] = (2, 8),
     progress: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Predict an image band by band; yield ``(top_row, logits)`` with logits (C, h, W) float32.
@@ -273,25 +280,24 @@ def stream_logits(
                     jobs = [(y, x) for y in group for x in columns]
                     for start in range(0, len(jobs), batch_size):
                         chunk = jobs[start : start + batch_size]
-                        tiles = torch.stack(
-                            [region[:, y - band_top : y - band_top + th, x - region_left : x - region_left + tw] for y, x in chunk]
-                        )
+                        tiles = gather_tiles(region[None], [(0, y - band_top, x - region_left) for y, x in chunk], tile)
                         logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
                         if accumulator is None:
-                            accumulator = torch.zeros(
-                                (logits.shape[1], band_bottom - band_top, width), dtype=torch.float32, device=device
-                            )
+                            accumulator = zeros((1, logits.shape[1], band_bottom - band_top, width), device)
                             if carry is not None:
-                                accumulator[:, : carry.shape[1]] += carry
-                        for k, (y, x) in enumerate(chunk):
-                            accumulator[:, y - band_top : y - band_top + th, x : x + tw].addcmul_(logits[k], grid.weight(y, x))
+                                accumulator[:, :, : carry.shape[2]] += carry
+                        corners = [(0, y - band_top, x) for y, x in chunk]
+                        accumulate_tiles(accumulator, logits, corners, [grid.weight(y, x) for y, x in chunk])
                         if bar is not None:
                             bar.update(len(chunk))
                 assert accumulator is not None
                 last = group_index == len(row_groups) - 1
                 final_rows = (band_bottom if last else row_groups[group_index + 1][0]) - band_top
-                done = accumulator[:, :final_rows] / (row_sums[band_top : band_top + final_rows, None] * col_sums[None, :])
-                carry = None if last else accumulator[:, final_rows:].clone()
+                carry = None if last else accumulator[:, :, final_rows:].clone()
+                done = accumulator[0, :, :final_rows]  # normalised in place: no band-sized temporaries
+                done /= row_sums[band_top : band_top + final_rows, None]
+                done /= col_sums[None, :]
+                accumulator = None
                 yield band_top, done.cpu().numpy()
     finally:
         if bar is not None:
@@ -329,7 +335,7 @@ class RawRowFile:
         if rows.ndim != 2 or rows.shape[1] != self.width:
             raise ValueError(f"{self.path}: rows must have shape (h, {self.width}), got {rows.shape}")
         self._file.seek(0, os.SEEK_END)
-        self._file.write(rows.tobytes())
+        rows.tofile(self._file)  # no bytes copy of the band
         self.rows += rows.shape[0]
 
     def read(self, top: int, bottom: int) -> np.ndarray:
