@@ -41,9 +41,10 @@ tensorboard: $(STAMP) ## Serve TensorBoard for all runs on 127.0.0.1:6006
 tensorboard-check: $(STAMP) ## Start TensorBoard on the newest sweep (or DIRS=...), check tags and HParams over HTTP, stop it
 	$(PY) -m nucseg.compare.tensorboard_check $(DIRS)
 
-bench: $(STAMP) ## Inference benchmark (needs the bench extra: MONAI, psutil)
+bench: $(STAMP) ## Benchmarks: inference (ours vs MONAI vs raw forward, streaming memory), training throughput
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'
-	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/inference.py --rounds 3 --stream-size 5000 10000
+	$(PY) benchmarks/train_throughput.py
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .

@@ -47,15 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     tiling.add_argument("--batch-size", type=int)
     tiling.add_argument("--blend", choices=["gaussian", "flat"])
     tiling.add_argument("--tta", choices=["none", "flips", "d4"])
-    tiling.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on CUDA)")
+    tiling.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on CUDA)"
+    )
     post = parser.add_argument_group("post-processing")
-    post.add_argument("--threshold", type=float, help="foreground probability threshold (default: the model's)")
-    post.add_argument("--min-size", type=int, default=PostprocessSettings.min_size, help="drop smaller nuclei (pixels)")
-    post.add_argument("--connectivity", type=int, choices=[1, 2], default=1, help="1: 4-connected, 2: 8-connected")
-    parser.add_argument("--probability", action="store_true", help="also write <stem>_prob.tif (uint8, 255 * p)")
+    post.add_argument(
+        "--threshold", type=float, help="foreground probability threshold (default: the model's)"
+    )
+    post.add_argument(
+        "--min-size", type=int, default=PostprocessSettings.min_size, help="drop smaller nuclei (pixels)"
+    )
+    post.add_argument(
+        "--connectivity", type=int, choices=[1, 2], default=1, help="1: 4-connected, 2: 8-connected"
+    )
+    parser.add_argument(
+        "--probability", action="store_true", help="also write <stem>_prob.tif (uint8, 255 * p)"
+    )
     parser.add_argument("--no-stain", action="store_true", help="skip stain normalisation")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--stream-above", type=int, default=DEFAULT_STREAM_ABOVE, help="stream images with more pixels")
+    parser.add_argument(
+        "--stream-above", type=int, default=DEFAULT_STREAM_ABOVE, help="stream images with more pixels"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -68,7 +80,9 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False) -> tuple[list[
         path = Path(spec)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
                 errors.append(f"{spec}: no PNG, JPEG or TIFF images in this folder")
             files.extend(found)
@@ -79,7 +93,9 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False) -> tuple[list[
                 files.append(path)
         elif glob.has_magic(spec):
             found = sorted(
-                Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+                Path(p)
+                for p in glob.glob(spec, recursive=True)
+                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
             )
             if not found:
                 errors.append(f"{spec}: pattern matches no images")
@@ -103,7 +119,11 @@ def unique_stems(files: Sequence[Path]) -> list[str]:
 
 def _tiling_from(args: argparse.Namespace, defaults: dict) -> dict:
     """The model's inference settings overridden by the command line."""
-    tiling = {key: defaults[key] for key in ("tile_size", "overlap", "batch_size", "blend", "tta", "tile_multiple") if key in defaults}
+    tiling = {
+        key: defaults[key]
+        for key in ("tile_size", "overlap", "batch_size", "blend", "tta", "tile_multiple")
+        if key in defaults
+    }
     if args.overlap is not None:
         tiling["overlap"] = int(args.overlap) if args.overlap >= 1 else float(args.overlap)
     for key in ("tile_size", "batch_size", "blend", "tta"):
@@ -137,16 +157,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = _load(args.checkpoint, args.device)
     except Exception as error:  # noqa: BLE001 - one line, not a traceback, for a bad model path
-        print(f"error: {args.checkpoint}: cannot load model ({type(error).__name__}: {error})", file=sys.stderr)
+        print(
+            f"error: {args.checkpoint}: cannot load model ({type(error).__name__}: {error})", file=sys.stderr
+        )
         return 2
     defaults = dict(getattr(module, "inference_kwargs", {}) or {})
     tiling = _tiling_from(args, defaults)
     threshold = args.threshold if args.threshold is not None else float(getattr(module, "threshold", 0.5))
-    settings = PostprocessSettings(threshold=threshold, min_size=args.min_size, connectivity=args.connectivity)
+    settings = PostprocessSettings(
+        threshold=threshold, min_size=args.min_size, connectivity=args.connectivity
+    )
     normalizer = None if args.no_stain else getattr(module, "stain_normalizer", None)
     progress = not args.no_progress
     failed_images = 0
-    items = list(zip(files, unique_stems(files)))
+    items = list(zip(files, unique_stems(files), strict=True))
     if progress:
         from tqdm.auto import tqdm
 
@@ -155,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, stem in items:
         paths = OutputPaths.for_image(args.output, stem, probability=args.probability)
         try:
-            result = predict_file(path, module, paths, normalizer, tiling, settings, args.stream_above, progress)
+            result = predict_file(
+                path, module, paths, normalizer, tiling, settings, args.stream_above, progress
+            )
         except Exception as error:  # noqa: BLE001 - report the file, keep going with the others
             failed_images += 1
             for written in paths.all():
@@ -163,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {path}: {type(error).__name__}: {error}", file=sys.stderr)
             continue
         mode = "streamed" if result.streamed else "in memory"
-        report(f"{path}: {result.width}x{result.height}, {result.nuclei} nuclei, {result.seconds:.1f} s ({mode})")
+        report(
+            f"{path}: {result.width}x{result.height}, {result.nuclei} nuclei, {result.seconds:.1f} s ({mode})"
+        )
     summary = f"{len(files) - failed_images} of {len(files)} images written to {args.output}"
     if failed_images or input_errors:
         summary += f"; {failed_images} failed, {len(input_errors)} input errors"

@@ -23,8 +23,14 @@ def labelled_nuclei() -> np.ndarray:
     labels = np.zeros((240, 260), dtype=np.int32)
     next_label = 1
     for _ in range(40):
-        rr, cc = ellipse(rng.uniform(0, 240), rng.uniform(0, 260), rng.uniform(2, 12), rng.uniform(2, 12),
-                         shape=labels.shape, rotation=rng.uniform(0, math.pi))
+        rr, cc = ellipse(
+            rng.uniform(0, 240),
+            rng.uniform(0, 260),
+            rng.uniform(2, 12),
+            rng.uniform(2, 12),
+            shape=labels.shape,
+            rotation=rng.uniform(0, math.pi),
+        )
         free = labels[rr, cc] == 0
         labels[rr[free], cc[free]] = next_label
         next_label += 1
@@ -83,9 +89,9 @@ def assert_valid_ring(ring: list) -> None:
     assert ring[0] == ring[-1], "ring must be closed"
     points = [tuple(p) for p in ring[:-1]]
     assert len(set(points)) == len(points), "no repeated vertex"
-    area2 = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:]))
+    area2 = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring[:-1], ring[1:], strict=True))
     assert area2 > 0, "exterior ring must be counter-clockwise (RFC 7946)"
-    edges = list(zip(ring[:-1], ring[1:]))
+    edges = list(zip(ring[:-1], ring[1:], strict=True))
     n = len(edges)
     for i in range(n):
         for j in range(i + 1, n):
@@ -107,7 +113,9 @@ def assert_qupath_feature(feature: dict) -> None:
     colour = properties["classification"]["color"]
     assert len(colour) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in colour)
     assert properties["isLocked"] is False
-    assert all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in properties["measurements"].items())
+    assert all(
+        isinstance(k, str) and isinstance(v, (int, float)) for k, v in properties["measurements"].items()
+    )
 
 
 def test_features_follow_qupath_schema_and_are_valid_polygons(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def test_tile_starts_cover_evenly_with_minimum_overlap() -> None:
     for length in range(257, 1500, 37):
         starts = tile_starts(length, 256, 64)
         assert starts[0] == 0 and starts[-1] == length - 256
-        assert all(0 < b - a <= 256 - 64 for a, b in zip(starts, starts[1:]))
+        assert all(0 < b - a <= 256 - 64 for a, b in zip(starts[:-1], starts[1:], strict=True))
 
 
 def test_weights_are_positive_everywhere_and_zero_on_inner_tile_edges() -> None:

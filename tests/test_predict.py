@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from test_streaming import DarknessNet, nuclei_image  # tests/ is on sys.path (pytest rootdir-relative import)
 from torch import nn
 
 import nucseg.predict as predict_cli
 from nucseg.inference.outputs import OutputPaths
 from nucseg.inference.runner import predict_file
-from test_streaming import DarknessNet, nuclei_image  # tests/ is on sys.path (pytest rootdir-relative import)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,13 @@ class FakeModule(DarknessNet):
 
     def __init__(self) -> None:
         super().__init__()
-        self.inference_kwargs = {"tile_size": 128, "overlap": 32, "batch_size": 4, "blend": "gaussian", "tta": "none"}
+        self.inference_kwargs = {
+            "tile_size": 128,
+            "overlap": 32,
+            "batch_size": 4,
+            "blend": "gaussian",
+            "tta": "none",
+        }
         self.threshold = 0.5
         self.stain_normalizer = CountingNormalizer()
 
@@ -80,7 +86,9 @@ def test_folder_with_a_corrupt_file_writes_the_others_and_fails(
     fake_model: FakeModule, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    code = predict_cli.main([str(image_folder), "-c", "run", "-o", str(out), "--no-progress", "--min-size", "5"])
+    code = predict_cli.main(
+        [str(image_folder), "-c", "run", "-o", str(out), "--no-progress", "--min-size", "5"]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert "corrupt.png" in captured.err and captured.err.count("error:") == 1
@@ -95,9 +103,13 @@ def test_folder_with_a_corrupt_file_writes_the_others_and_fails(
     )
 
 
-def test_outputs_have_the_documented_formats(fake_model: FakeModule, image_folder: Path, tmp_path: Path) -> None:
+def test_outputs_have_the_documented_formats(
+    fake_model: FakeModule, image_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    code = predict_cli.main([str(image_folder / "rgb.png"), "-c", "run", "-o", str(out), "--no-progress", "--probability"])
+    code = predict_cli.main(
+        [str(image_folder / "rgb.png"), "-c", "run", "-o", str(out), "--no-progress", "--probability"]
+    )
     assert code == 0
     paths = OutputPaths.for_image(out, "rgb", probability=True)
     mask = np.asarray(Image.open(paths.mask))
@@ -113,31 +125,43 @@ def test_outputs_have_the_documented_formats(fake_model: FakeModule, image_folde
     assert {f["properties"]["objectType"] for f in document["features"]} == {"detection"}
 
 
-def test_rgba_and_grey_inputs_give_the_same_prediction_as_their_rgb(fake_model: FakeModule, tmp_path: Path) -> None:
+def test_rgba_and_grey_inputs_give_the_same_prediction_as_their_rgb(
+    fake_model: FakeModule, tmp_path: Path
+) -> None:
     rgb = nuclei_image(200, 200, 30, seed=6)
     grey = rgb.mean(axis=2).round().astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "a.png")
     Image.fromarray(np.dstack([rgb, np.zeros_like(grey)])).save(tmp_path / "b.png")  # alpha 0: ignored
     tifffile.imwrite(tmp_path / "c.tif", np.repeat(grey[..., None], 3, axis=2))
     tifffile.imwrite(tmp_path / "d.tif", grey.astype(np.uint16) * 257)  # 16 bit grey
-    code = predict_cli.main([str(tmp_path / "*.*"), "-c", "run", "-o", str(tmp_path / "out"), "--no-progress"])
+    code = predict_cli.main(
+        [str(tmp_path / "*.*"), "-c", "run", "-o", str(tmp_path / "out"), "--no-progress"]
+    )
     assert code == 0
     labels = {stem: tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif") for stem in "abcd"}
     assert np.array_equal(labels["a"], labels["b"])
     assert np.array_equal(labels["c"], labels["d"])
 
 
-def test_streaming_path_gives_the_same_outputs(fake_model: FakeModule, image_folder: Path, tmp_path: Path) -> None:
+def test_streaming_path_gives_the_same_outputs(
+    fake_model: FakeModule, image_folder: Path, tmp_path: Path
+) -> None:
     image = image_folder / "tiled.tiff"
     module = fake_model
     tiling = dict(module.inference_kwargs)
     memory = predict_file(image, module, OutputPaths.for_image(tmp_path / "m", "x"), None, tiling)
-    streamed = predict_file(image, module, OutputPaths.for_image(tmp_path / "s", "x"), None, tiling, stream_above=1000)
+    streamed = predict_file(
+        image, module, OutputPaths.for_image(tmp_path / "s", "x"), None, tiling, stream_above=1000
+    )
     assert not memory.streamed and streamed.streamed and memory.nuclei == streamed.nuclei
-    assert np.array_equal(tifffile.imread(tmp_path / "m" / "x_labels.tif"), tifffile.imread(tmp_path / "s" / "x_labels.tif"))
+    assert np.array_equal(
+        tifffile.imread(tmp_path / "m" / "x_labels.tif"), tifffile.imread(tmp_path / "s" / "x_labels.tif")
+    )
 
 
-def test_command_line_overrides_the_model_settings(fake_model: FakeModule, image_folder: Path, tmp_path: Path) -> None:
+def test_command_line_overrides_the_model_settings(
+    fake_model: FakeModule, image_folder: Path, tmp_path: Path
+) -> None:
     seen: list[tuple[int, ...]] = []
     original = fake_model.forward
 
@@ -147,7 +171,12 @@ def test_command_line_overrides_the_model_settings(fake_model: FakeModule, image
 
     fake_model.forward = recording_forward  # type: ignore[method-assign]
     args = [str(image_folder / "rgb.png"), "-c", "run", "-o", str(tmp_path / "o"), "--no-progress"]
-    assert predict_cli.main(args + ["--tile-size", "64", "--overlap", "0.25", "--batch-size", "3", "--tta", "flips"]) == 0
+    assert (
+        predict_cli.main(
+            args + ["--tile-size", "64", "--overlap", "0.25", "--batch-size", "3", "--tta", "flips"]
+        )
+        == 0
+    )
     assert {shape[-2:] for shape in seen} == {(64, 64)} and max(shape[0] for shape in seen) == 3
 
 
@@ -155,7 +184,9 @@ def test_no_inputs_and_bad_model_are_usage_errors(tmp_path: Path, capsys: pytest
     assert predict_cli.main([str(tmp_path / "missing.png"), "-c", "run", "-o", str(tmp_path)]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err
     Image.fromarray(nuclei_image(64, 64, 3)).save(tmp_path / "x.png")
-    assert predict_cli.main([str(tmp_path / "x.png"), "-c", str(tmp_path / "no-run"), "-o", str(tmp_path)]) == 2
+    assert (
+        predict_cli.main([str(tmp_path / "x.png"), "-c", str(tmp_path / "no-run"), "-o", str(tmp_path)]) == 2
+    )
     assert "cannot load model" in capsys.readouterr().err
 
 
@@ -166,6 +197,10 @@ def test_duplicate_stems_get_distinct_outputs() -> None:
 
 def test_module_entry_point_runs() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "nucseg.predict", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "nucseg.predict", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 0 and "--checkpoint" in completed.stdout

@@ -66,12 +66,18 @@ def ring_is_simple(ring: np.ndarray) -> bool:
     c, d = start[None, :, :], end[None, :, :]
 
     def orient(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
+        return np.sign(
+            (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
+            - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
+        )
 
     def on_segment(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return (np.minimum(p[..., 0], r[..., 0]) <= q[..., 0]) & (q[..., 0] <= np.maximum(p[..., 0], r[..., 0])) & (
-            np.minimum(p[..., 1], r[..., 1]) <= q[..., 1]
-        ) & (q[..., 1] <= np.maximum(p[..., 1], r[..., 1]))
+        return (
+            (np.minimum(p[..., 0], r[..., 0]) <= q[..., 0])
+            & (q[..., 0] <= np.maximum(p[..., 0], r[..., 0]))
+            & (np.minimum(p[..., 1], r[..., 1]) <= q[..., 1])
+            & (q[..., 1] <= np.maximum(p[..., 1], r[..., 1]))
+        )
 
     o1, o2 = orient(a, b, c), orient(a, b, d)
     o3, o4 = orient(c, d, a), orient(c, d, b)
@@ -87,12 +93,16 @@ def ring_is_simple(ring: np.ndarray) -> bool:
     adjacent = (gap == 1) | (gap == count - 1)
     non_adjacent = (gap > 1) & (gap < count - 1)
     # adjacent edges share one vertex; they are invalid only when collinear and folding back
-    direction_dot = (b[..., 0] - a[..., 0]) * (d[..., 0] - c[..., 0]) + (b[..., 1] - a[..., 1]) * (d[..., 1] - c[..., 1])
+    direction_dot = (b[..., 0] - a[..., 0]) * (d[..., 0] - c[..., 0]) + (b[..., 1] - a[..., 1]) * (
+        d[..., 1] - c[..., 1]
+    )
     fold = adjacent & (o1 == 0) & (o2 == 0) & (direction_dot < 0)
     return not bool(np.any((crossing | touching) & non_adjacent) or np.any(fold))
 
 
-def nucleus_ring(mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.25, connectivity: int = 1) -> np.ndarray | None:
+def nucleus_ring(
+    mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.25, connectivity: int = 1
+) -> np.ndarray | None:
     """The closed exterior ring of one object as (n, 2) float (x, y) positions, or None if empty.
 
     Args:
@@ -115,7 +125,11 @@ def nucleus_ring(mask: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: 
     ring = _drop_repeats(ring)
     if tolerance > 0:
         simplified = approximate_polygon(ring, tolerance)
-        if len(simplified) >= 4 and np.array_equal(simplified[0], simplified[-1]) and ring_is_simple(simplified):
+        if (
+            len(simplified) >= 4
+            and np.array_equal(simplified[0], simplified[-1])
+            and ring_is_simple(simplified)
+        ):
             ring = simplified
     if len(ring) < 4:
         return None
@@ -131,7 +145,9 @@ def _drop_repeats(ring: np.ndarray) -> np.ndarray:
     return ring[keep]
 
 
-def nucleus_feature(ring: np.ndarray, area_px: int, feature_id: str | None = None, extra: dict[str, float] | None = None) -> dict[str, Any]:
+def nucleus_feature(
+    ring: np.ndarray, area_px: int, feature_id: str | None = None, extra: dict[str, float] | None = None
+) -> dict[str, Any]:
     """One QuPath detection Feature for a ring (see the module docstring for the fields)."""
     measurements: dict[str, float] = {"Area px": int(area_px)}
     if extra:
@@ -174,7 +190,9 @@ def features_from_labels(
         if max_rows is not None and box[0].stop - box[0].start > max_rows:
             continue
         mask = labels[box] == index
-        ring = nucleus_ring(mask, (offset[0] + box[0].start, offset[1] + box[1].start), tolerance, connectivity)
+        ring = nucleus_ring(
+            mask, (offset[0] + box[0].start, offset[1] + box[1].start), tolerance, connectivity
+        )
         if ring is not None:
             yield nucleus_feature(ring, int(mask.sum()))
 

@@ -14,7 +14,9 @@ import numpy as np
 CONTOUR_COLOUR = (0, 255, 0)
 
 
-def boundary(labels: np.ndarray, above: np.ndarray | None = None, below: np.ndarray | None = None) -> np.ndarray:
+def boundary(
+    labels: np.ndarray, above: np.ndarray | None = None, below: np.ndarray | None = None
+) -> np.ndarray:
     """Boolean (H, W) map of the contour pixels of ``labels``.
 
     Args:

@@ -37,7 +37,9 @@ class StreamingPngWriter:
         level: zlib compression level.
     """
 
-    def __init__(self, path: str | os.PathLike[str], height: int, width: int, channels: int = 1, level: int = 6):
+    def __init__(
+        self, path: str | os.PathLike[str], height: int, width: int, channels: int = 1, level: int = 6
+    ):
         if channels not in _COLOUR_TYPES:
             raise ValueError(f"{path}: PNG writer supports 1 or 3 channels, got {channels}")
         self.path = Path(path)
@@ -60,7 +62,9 @@ class StreamingPngWriter:
         rows = np.asarray(rows)
         expected = (self.width,) if self.channels == 1 else (self.width, self.channels)
         if rows.dtype != np.uint8 or rows.shape[1:] != expected:
-            raise ValueError(f"{self.path}: PNG rows must be uint8 of shape (h, {expected}), got {rows.dtype} {rows.shape}")
+            raise ValueError(
+                f"{self.path}: PNG rows must be uint8 of shape (h, {expected}), got {rows.dtype} {rows.shape}"
+            )
         if self._rows + len(rows) > self.height:
             raise ValueError(f"{self.path}: more than {self.height} rows written")
         flat = rows.reshape(len(rows), -1)

@@ -51,12 +51,20 @@ def write_tiled_tiff(
 
     with atomic_path(path) as tmp:
         tifffile.imwrite(
-            tmp, tiles(), shape=(height, width), dtype=dtype, tile=tile, compression=compression, photometric="minisblack"
+            tmp,
+            tiles(),
+            shape=(height, width),
+            dtype=dtype,
+            tile=tile,
+            compression=compression,
+            photometric="minisblack",
         )
     return Path(path)
 
 
-def write_array_tiff(path: str | os.PathLike[str], array: np.ndarray, tile: tuple[int, int] = (256, 256)) -> Path:
+def write_array_tiff(
+    path: str | os.PathLike[str], array: np.ndarray, tile: tuple[int, int] = (256, 256)
+) -> Path:
     """Write an in-memory (H, W) array with :func:`write_tiled_tiff`."""
     array = np.asarray(array)
     return write_tiled_tiff(path, array.shape[0], array.shape[1], array.dtype, lambda t, b: array[t:b], tile)

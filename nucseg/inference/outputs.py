@@ -52,7 +52,9 @@ class OutputPaths:
     probability: Path | None = None
 
     @classmethod
-    def for_image(cls, directory: str | os.PathLike[str], stem: str, probability: bool = False) -> OutputPaths:
+    def for_image(
+        cls, directory: str | os.PathLike[str], stem: str, probability: bool = False
+    ) -> OutputPaths:
         """The standard names (module docstring) for ``stem`` in ``directory``."""
         directory = Path(directory)
         return cls(
@@ -88,6 +90,9 @@ class PostprocessSettings:
     max_object_rows: int = 1024
 
 
+DEFAULT_SETTINGS = PostprocessSettings()
+
+
 def probability_to_uint8(probability: np.ndarray) -> np.ndarray:
     """round(255 * p) as uint8."""
     return np.round(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -100,7 +105,10 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def write_outputs(
-    image: np.ndarray, probability: np.ndarray, paths: OutputPaths, settings: PostprocessSettings = PostprocessSettings()
+    image: np.ndarray,
+    probability: np.ndarray,
+    paths: OutputPaths,
+    settings: PostprocessSettings = DEFAULT_SETTINGS,
 ) -> int:
     """Write all outputs of an image held in memory; return the number of nuclei.
 
@@ -117,7 +125,10 @@ def write_outputs(
     write_png(paths.mask, np.where(labels > 0, 255, 0).astype(np.uint8))
     write_png(paths.overlay, overlay_contours(image, labels))
     features = features_from_labels(
-        labels, tolerance=settings.tolerance, connectivity=settings.connectivity, max_rows=settings.max_object_rows
+        labels,
+        tolerance=settings.tolerance,
+        connectivity=settings.connectivity,
+        max_rows=settings.max_object_rows,
     )
     return write_geojson(paths.geojson, features)
 
@@ -126,7 +137,7 @@ def write_outputs_streamed(
     reader: RegionReader,
     bands: Iterable[tuple[int, np.ndarray]],
     paths: OutputPaths,
-    settings: PostprocessSettings = PostprocessSettings(),
+    settings: PostprocessSettings = DEFAULT_SETTINGS,
     band_rows: int = 256,
 ) -> int:
     """Write all outputs from a stream of logit bands (``stream_logits``); return the nuclei count.
@@ -142,10 +153,15 @@ def write_outputs_streamed(
     work_dir = paths.labels.parent
     work_dir.mkdir(parents=True, exist_ok=True)
     labeler = StreamingLabeler(settings.min_size, settings.connectivity)
-    with RawRowFile(width, np.uint8, work_dir) as probabilities, RawRowFile(width, np.int32, work_dir) as provisional:
+    with (
+        RawRowFile(width, np.uint8, work_dir) as probabilities,
+        RawRowFile(width, np.int32, work_dir) as provisional,
+    ):
         for top, logits in bands:
             if top != labeler.rows_seen:
-                raise ValueError(f"{reader.name}: bands out of order (row {top}, expected {labeler.rows_seen})")
+                raise ValueError(
+                    f"{reader.name}: bands out of order (row {top}, expected {labeler.rows_seen})"
+                )
             for start in range(0, logits.shape[1], band_rows):  # bounded temporaries per sub-band
                 probability = sigmoid(logits[0, start : start + band_rows])
                 probabilities.append(probability_to_uint8(probability))
@@ -160,9 +176,10 @@ def write_outputs_streamed(
         if paths.probability is not None:
             write_tiled_tiff(paths.probability, height, width, np.uint8, probabilities.read)
         write_tiled_tiff(paths.labels, height, width, np.int32, final_rows)
-        with StreamingPngWriter(paths.mask, height, width, 1) as mask_png, StreamingPngWriter(
-            paths.overlay, height, width, 3
-        ) as overlay_png:
+        with (
+            StreamingPngWriter(paths.mask, height, width, 1) as mask_png,
+            StreamingPngWriter(paths.overlay, height, width, 3) as overlay_png,
+        ):
             for top in range(0, height, band_rows):
                 bottom = min(top + band_rows, height)
                 window = final_rows(top - 1, bottom + 1)  # one context row above and below
@@ -171,7 +188,11 @@ def write_outputs_streamed(
                 above = window[0] if top > 0 else None
                 below = window[-1] if bottom < height else None
                 mask_png.write_rows(np.where(labels > 0, 255, 0).astype(np.uint8))
-                overlay_png.write_rows(overlay_contours(reader.read(top, 0, bottom - top, width), labels, above=above, below=below))
+                overlay_png.write_rows(
+                    overlay_contours(
+                        reader.read(top, 0, bottom - top, width), labels, above=above, below=below
+                    )
+                )
         assert labeler.bboxes is not None
         features = _streamed_features(final_rows, labeler.bboxes, height, band_rows, settings, reader.name)
         return write_geojson(paths.geojson, features)
@@ -195,4 +216,9 @@ def _streamed_features(
         if ring is not None:
             yield nucleus_feature(ring, int(mask.sum()))
     if skipped:
-        logger.warning("%s: %d objects taller than %d rows left out of the GeoJSON", name, skipped, settings.max_object_rows)
+        logger.warning(
+            "%s: %d objects taller than %d rows left out of the GeoJSON",
+            name,
+            skipped,
+            settings.max_object_rows,
+        )

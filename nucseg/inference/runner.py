@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from nucseg.inference.outputs import OutputPaths, PostprocessSettings, sigmoid, write_outputs, write_outputs_streamed
+from nucseg.inference.outputs import (
+    DEFAULT_SETTINGS,
+    OutputPaths,
+    PostprocessSettings,
+    sigmoid,
+    write_outputs,
+    write_outputs_streamed,
+)
 from nucseg.inference.sliding_window import sliding_window_predict
 from nucseg.inference.streaming import ArrayRegionReader, TiffRegionReader, stream_logits
 from nucseg.utils.image_io import TIFF_SUFFIXES, read_rgb_image
@@ -46,7 +53,7 @@ def predict_file(
     paths: OutputPaths,
     normalizer: Any | None = None,
     tiling: dict[str, Any] | None = None,
-    settings: PostprocessSettings = PostprocessSettings(),
+    settings: PostprocessSettings = DEFAULT_SETTINGS,
     stream_above: int = DEFAULT_STREAM_ABOVE,
     progress: bool = False,
 ) -> ImageResult:
@@ -91,7 +98,12 @@ def predict_file(
             nuclei = write_outputs_streamed(reader, bands, paths, settings)
         else:
             image = reader.read(0, 0, height, width)
-            tensor = torch.from_numpy(np.require(normalize(image), requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
+            tensor = (
+                torch.from_numpy(np.require(normalize(image), requirements=["C", "W"]))
+                .permute(2, 0, 1)
+                .float()
+                .div_(255.0)
+            )
             logits = sliding_window_predict(tensor, predict_fn, progress=progress, **tiling)
             nuclei = write_outputs(image, sigmoid(logits[0].numpy()), paths, settings)
     finally:

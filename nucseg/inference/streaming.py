@@ -40,7 +40,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -115,7 +115,9 @@ class TiffRegionReader:
             self._tif = tifffile.TiffFile(self.path)
             page = self._tif.pages.first
         except Exception as error:  # noqa: BLE001 - every parser error becomes one clear line
-            raise ImageReadError(f"{self.path}: cannot read TIFF ({type(error).__name__}: {error})") from error
+            raise ImageReadError(
+                f"{self.path}: cannot read TIFF ({type(error).__name__}: {error})"
+            ) from error
         self._page = page
         shaped = page.shaped  # (separate samples, depth, length, width, contig samples)
         if shaped[1] != 1:
@@ -134,11 +136,20 @@ class TiffRegionReader:
         planes = self._samples if self._separate else 1
         if len(page.dataoffsets) != per_plane * planes:
             self._tif.close()
-            raise ImageReadError(f"{self.path}: unexpected TIFF segment layout ({len(page.dataoffsets)} segments)")
-        self._raw_rows = page.compression == 1 and not page.is_tiled and page.predictor == 1 and not self._separate
+            raise ImageReadError(
+                f"{self.path}: unexpected TIFF segment layout ({len(page.dataoffsets)} segments)"
+            )
+        self._raw_rows = (
+            page.compression == 1 and not page.is_tiled and page.predictor == 1 and not self._separate
+        )
         self._raw_rows = self._raw_rows and page.bitspersample in (8, 16, 32) and page.fillorder == 1
         if not self._raw_rows and self._seg_h * self._seg_w > 64 * 1024 * 1024:
-            logger.warning("%s: compressed segments of %dx%d pixels must be decoded whole", self.path, self._seg_h, self._seg_w)
+            logger.warning(
+                "%s: compressed segments of %dx%d pixels must be decoded whole",
+                self.path,
+                self._seg_h,
+                self._seg_w,
+            )
         self._decode_args: dict[str, object] = {"_fullsize": bool(page.is_tiled)}
         if page.compression in (6, 7, 33007, 34892):  # JPEG flavours need the shared tables
             self._decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
@@ -174,7 +185,9 @@ class TiffRegionReader:
                 data = handle.read(count * row_bytes)
             if len(data) != count * row_bytes:
                 raise ImageReadError(f"{self.path}: file is truncated (strip {strip})")
-            out[row - top : row - top + count] = np.frombuffer(data, dtype=dtype).reshape(count, self.width, self._samples)
+            out[row - top : row - top + count] = np.frombuffer(data, dtype=dtype).reshape(
+                count, self.width, self._samples
+            )
             row += count
         return out
 
@@ -267,41 +280,76 @@ def stream_logits(
 
         bar = tqdm(total=len(ys) * len(xs), desc=f"tiles {Path(reader.name).name}", unit="tile", leave=False)
     carry: torch.Tensor | None = None
-    th, tw = tile
     try:
-        with torch.inference_mode():
-            for group_index, group in enumerate(row_groups):
-                band_top, band_bottom = group[0], group[-1] + th
-                accumulator: torch.Tensor | None = None
-                for columns in col_groups:
-                    region_left, region_right = columns[0], columns[-1] + tw
-                    pixels = reader.read(band_top, region_left, band_bottom - band_top, region_right - region_left)
-                    region = _to_tensor(_normalized(pixels, normalize), device)
-                    jobs = [(y, x) for y in group for x in columns]
-                    for start in range(0, len(jobs), batch_size):
-                        chunk = jobs[start : start + batch_size]
-                        tiles = gather_tiles(region[None], [(0, y - band_top, x - region_left) for y, x in chunk], tile)
-                        logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
-                        if accumulator is None:
-                            accumulator = zeros((1, logits.shape[1], band_bottom - band_top, width), device)
-                            if carry is not None:
-                                accumulator[:, :, : carry.shape[2]] += carry
-                        corners = [(0, y - band_top, x) for y, x in chunk]
-                        accumulate_tiles(accumulator, logits, corners, [grid.weight(y, x) for y, x in chunk])
-                        if bar is not None:
-                            bar.update(len(chunk))
-                assert accumulator is not None
-                last = group_index == len(row_groups) - 1
-                final_rows = (band_bottom if last else row_groups[group_index + 1][0]) - band_top
+        for group_index, group in enumerate(row_groups):
+            last = group_index == len(row_groups) - 1
+            next_top = height if last else row_groups[group_index + 1][0]
+            # inference mode only while computing: a generator must not leave it on at ``yield``
+            with torch.inference_mode():
+                accumulator = _predict_block_row(
+                    reader,
+                    predict_fn,
+                    normalize,
+                    grid,
+                    group,
+                    col_groups,
+                    carry,
+                    batch_size,
+                    tta,
+                    use_amp,
+                    bar,
+                )
+                final_rows = next_top - group[0]
                 carry = None if last else accumulator[:, :, final_rows:].clone()
                 done = accumulator[0, :, :final_rows]  # normalised in place: no band-sized temporaries
-                done /= row_sums[band_top : band_top + final_rows, None]
+                done /= row_sums[group[0] : next_top, None]
                 done /= col_sums[None, :]
-                accumulator = None
-                yield band_top, done.cpu().numpy()
+                band = done.cpu().numpy()
+            del accumulator, done
+            yield group[0], band
     finally:
         if bar is not None:
             bar.close()
+
+
+def _predict_block_row(
+    reader: RegionReader,
+    predict_fn: Callable[[torch.Tensor], torch.Tensor],
+    normalize: Normalizer | None,
+    grid: TileGrid,
+    rows: list[int],
+    col_groups: list[list[int]],
+    carry: torch.Tensor | None,
+    batch_size: int,
+    tta: str,
+    use_amp: bool,
+    bar: Any,
+) -> torch.Tensor:
+    """Predict the tile rows starting at ``rows``; return their (1, C, h, W) weighted sum plus ``carry``."""
+    (th, tw), width = grid.tile, grid.size[1]
+    band_top, band_bottom = rows[0], rows[-1] + th
+    accumulator: torch.Tensor | None = None
+    for columns in col_groups:
+        region_left, region_right = columns[0], columns[-1] + tw
+        pixels = reader.read(band_top, region_left, band_bottom - band_top, region_right - region_left)
+        region = _to_tensor(_normalized(pixels, normalize), grid.device)
+        jobs = [(y, x) for y in rows for x in columns]
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            tiles = gather_tiles(
+                region[None], [(0, y - band_top, x - region_left) for y, x in chunk], grid.tile
+            )
+            logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
+            if accumulator is None:
+                accumulator = zeros((1, logits.shape[1], band_bottom - band_top, width), grid.device)
+                if carry is not None:
+                    accumulator[:, :, : carry.shape[2]] += carry
+            corners = [(0, y - band_top, x) for y, x in chunk]
+            accumulate_tiles(accumulator, logits, corners, [grid.weight(y, x) for y, x in chunk])
+            if bar is not None:
+                bar.update(len(chunk))
+    assert accumulator is not None
+    return accumulator
 
 
 def _normalized(pixels: np.ndarray, normalize: Normalizer | None) -> np.ndarray:
@@ -321,7 +369,9 @@ class RawRowFile:
     the outputs, where there is room for them) and is deleted on :meth:`close`.
     """
 
-    def __init__(self, width: int, dtype: np.dtype | type, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, width: int, dtype: np.dtype | type, directory: str | os.PathLike[str] | None = None
+    ) -> None:
         self.width = int(width)
         self.dtype = np.dtype(dtype)
         handle, name = tempfile.mkstemp(prefix=".nucseg-rows-", suffix=".raw", dir=directory)

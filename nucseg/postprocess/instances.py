@@ -53,7 +53,9 @@ def label_instances(
     Returns:
         (H, W) int32 labels, 0 = background, 1..N in raster order.
     """
-    labels, count = ndimage.label(foreground(probability_or_mask, threshold), structure=structure(connectivity))
+    labels, count = ndimage.label(
+        foreground(probability_or_mask, threshold), structure=structure(connectivity)
+    )
     labels = labels.astype(np.int32, copy=False)
     if min_size > 1 and count:
         areas = np.bincount(labels.ravel(), minlength=count + 1)
