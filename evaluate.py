@@ -7,6 +7,10 @@
 import hydra
 from omegaconf import DictConfig
 
+from nucseg.utils.resolvers import register_resolvers
+
+register_resolvers()
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:

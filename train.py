@@ -8,6 +8,10 @@
 import hydra
 from omegaconf import DictConfig
 
+from nucseg.utils.resolvers import register_resolvers
+
+register_resolvers()
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:

@@ -8,7 +8,9 @@ time (stored in the checkpoint), predicted by sliding window with the model's va
 settings unless overridden here, and written to ``--output`` (names in
 ``nucseg.inference.outputs``): ``<stem>_mask.png``, ``<stem>_labels.tif``, ``<stem>_overlay.png``,
 ``<stem>.geojson`` (QuPath detections) and, with ``--probability``, ``<stem>_prob.tif``.
-Images above ``--stream-above`` pixels are streamed with bounded memory.
+Images above ``--stream-above`` pixels are streamed with bounded memory; each still gets one
+stain transform, estimated on a thumbnail of at most 2048 x 2048 pixels and applied to every
+block (``nucseg.inference.streaming``).
 
 A file that cannot be read or predicted is reported on stderr by name and skipped (its partial
 outputs are removed); the others are still written. Exit status: 0 when every image was

@@ -69,3 +69,13 @@ def test_wrong_option_fails_at_once_with_the_list_of_choices(tmp_path):
     assert "linknet34" in result.stderr and "resunet" in result.stderr
     assert time.perf_counter() - started < 60
     assert not any(tmp_path.iterdir()), "no run directory may be created for a wrong option"
+
+
+def test_long_override_lists_give_short_distinct_directory_names():
+    from nucseg.utils.resolvers import short_dirname
+
+    assert short_dirname("model-unet_seed-1") == "model-unet_seed-1"
+    assert short_dirname("data.root-../shared/data_widths-{unet:4}") == "data.root-..-shared-data_widths--unet-4-"
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(short_dirname(long_a)) == 120 and "~" not in short_dirname(long_a)
+    assert short_dirname(long_a) != short_dirname(long_b)

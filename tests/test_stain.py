@@ -11,6 +11,7 @@ import pytest
 from nucseg.data.stain import (
     IdentityStainNormalizer,
     MacenkoStainNormalizer,
+    SourceStainEstimate,
     StainNormalizationCache,
     StainNormalizationError,
     build_stain_normalizer,
@@ -134,9 +135,67 @@ def test_block_path_for_large_images_matches_one_go(fitted):
     assert difference.mean() < 2.0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_estimate_then_apply_equals_normalize(fitted, seed):
+    image = shifted_he(seed=seed)
+    estimate = fitted.estimate_source(image, name="whole")
+    assert isinstance(estimate, SourceStainEstimate)
+    assert estimate.stain_matrix.shape == (3, 2) and estimate.max_concentrations.shape == (2,)
+    applied = fitted.apply(image, estimate)
+    assert applied.shape == image.shape and applied.dtype == np.uint8
+    assert np.abs(applied.astype(int) - fitted.normalize(image)).max() <= 1
+    assert fitted.fallback_count == 0
+
+
+def test_large_image_normalize_is_estimate_then_apply(fitted):
+    blocked = MacenkoStainNormalizer.from_state_dict({**fitted.state_dict(), "max_pixels": 1024})
+    image = shifted_he()
+    assert np.array_equal(blocked.normalize(image), blocked.apply(image, blocked.estimate_source(image)))
+
+
+def test_one_estimate_applied_to_parts_has_no_seams(fitted):
+    image = np.concatenate([shifted_he(seed=1), shifted_he(seed=2)[:37]], axis=0)  # 101 x 64
+    estimate = fitted.estimate_source(image)
+    whole = fitted.apply(image, estimate)
+    rows = np.concatenate([fitted.apply(image[:50], estimate), fitted.apply(image[50:], estimate)], axis=0)
+    columns = np.concatenate(
+        [fitted.apply(image[:, :29], estimate), fitted.apply(image[:, 29:], estimate)], axis=1
+    )
+    assert np.array_equal(rows, whole) and np.array_equal(columns, whole)
+    # a non-contiguous view gives the same pixels as the copy it views
+    assert np.array_equal(fitted.apply(image[:, 10:40], estimate), whole[:, 10:40])
+
+
+def test_background_estimate_falls_back_once_and_apply_keeps_pixels(fitted, caplog):
+    with caplog.at_level(logging.WARNING, logger="nucseg.data.stain"):
+        estimate = fitted.estimate_source(white(), name="blank-slide")
+    assert estimate is None
+    assert fitted.fallback_count == 1 and fitted.fallback_names == ["blank-slide"]
+    assert caplog.text.count("blank-slide") == 1
+    tissue = shifted_he()
+    assert np.array_equal(fitted.apply(tissue, estimate), tissue)
+    assert fitted.fallback_count == 1  # applying the fallback to regions counts nothing more
+
+
+def test_degenerate_estimates_are_refused(fitted, monkeypatch):
+    with pytest.raises(StainNormalizationError, match="3x2"):
+        SourceStainEstimate(np.ones((2, 2)), np.ones(2))
+    with pytest.raises(StainNormalizationError, match="degenerate"):
+        SourceStainEstimate(np.ones((3, 2)), np.array([1.0, 0.0]))
+
+    def fail(image):
+        raise RuntimeError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(fitted, "_estimate", fail)
+    assert fitted.estimate_source(shifted_he(), name="odd") is None
+    assert fitted.fallback_count == 1 and "RuntimeError" in fitted.last_fallback_reason
+
+
 def test_unfitted_normaliser_and_bad_reference_give_clear_errors():
     with pytest.raises(StainNormalizationError, match="not fitted"):
         MacenkoStainNormalizer().normalize(synthetic_he())
+    with pytest.raises(StainNormalizationError, match="not fitted"):
+        MacenkoStainNormalizer().estimate_source(synthetic_he())
     with pytest.raises(StainNormalizationError, match="tissue"):
         MacenkoStainNormalizer().fit(white())
     with pytest.raises(StainNormalizationError, match="uint8"):
@@ -149,6 +208,9 @@ def test_registry_and_identity():
     assert isinstance(identity, IdentityStainNormalizer) and identity.is_fitted
     image = synthetic_he()
     assert np.array_equal(identity.fit(image).normalize(image), image)
+    estimate = identity.estimate_source(image)
+    assert estimate is None and np.array_equal(identity.apply(image[5:20], estimate), image[5:20])
+    assert identity.fallback_count == 0
     assert stain_normalizer_from_state_dict(identity.state_dict()).method == "none"
     with pytest.raises(StainNormalizationError, match="unknown"):
         build_stain_normalizer("reinhard-typo")

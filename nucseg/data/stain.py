@@ -15,11 +15,24 @@ Rules, documented once:
   fails (``IndexError`` from ``kthvalue`` on an empty selection, any ``torch.linalg`` error) or
   gives a non-finite result, is returned unchanged. The fallback is logged as a warning naming
   the image and counted in ``fallback_count`` / ``fallback_names``; it never raises.
+- **Estimate, then apply.** Macenko has two halves. ``estimate_source(image)`` finds the
+  *source* stain matrix (3x2) and 99th-percentile concentrations of an image with torchstain
+  (a ``SourceStainEstimate``; None on the low-tissue fallback, which it records).
+  ``apply(region, estimate)`` maps any region with that fixed estimate: a pixelwise optical
+  density transform, ``RGB = Io exp(-HERef diag(maxCRef / maxC) pinv(HE) OD)``, torchstain's
+  formula with its ``lstsq`` written as the pseudo-inverse. It is evaluated from per-channel
+  lookup tables (a product of three 256-entry tables per output channel), so a pixel's result
+  depends only on its own RGB: applying one estimate block by block, in any layout, gives
+  exactly the pixels of applying it to the whole image (no seams). ``normalize`` estimates on
+  the image it gets and maps that same image, so one image always gets one stain transform.
 - **Large images.** Images up to ``max_pixels`` (default 4096 x 4096) are normalised in one
-  torchstain call (MoNuSeg's 1000 x 1000 takes about 45 ms, peak memory ~100 bytes per pixel).
-  Larger images would need gigabytes that way, so their own stain matrix is estimated by
-  torchstain on a regular subsample of at most ``max_pixels`` pixels and the image is then
-  reconstructed in row blocks with the same formula as torchstain (so there are no tile seams).
+  torchstain call (MoNuSeg's 1000 x 1000 takes about 45 ms, peak memory ~100 bytes per pixel);
+  ``estimate_source`` + ``apply`` on them matches it within one grey level (float rounding).
+  Larger images would need gigabytes that way, so their estimate is taken on a regular
+  subsample of at most about ``max_pixels`` pixels and ``apply`` maps the image in blocks.
+  Images too large to hold at all are streamed (``nucseg.inference.streaming``): their one
+  estimate comes from a thumbnail of at most ``DEFAULT_OVERVIEW_PIXELS`` (2048 x 2048) pixels
+  read region by region, and ``apply`` maps each streamed block.
 - **Output** is always (H, W, 3) uint8 clipped to 0..255; like torchstain, values are truncated.
 - **Cache.** ``StainNormalizationCache`` keys a result by sha256 of the image bytes, shape and
   dtype combined with ``normalizer.fingerprint()`` (method, parameters and fitted reference).
@@ -38,6 +51,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +77,38 @@ def _check_rgb_uint8(image: np.ndarray, name: str) -> None:
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
         raise StainNormalizationError(f"{name}: expected an (H, W, 3) uint8 RGB image, got {shape} {dtype}")
+
+
+@dataclass(frozen=True, eq=False)
+class SourceStainEstimate:
+    """The stains of one source image: all ``apply`` needs to map any region of it.
+
+    Kept apart from the pixels so that a large image is estimated once (from a thumbnail) and
+    every block of it is then mapped with the same transform.
+
+    Attributes:
+        stain_matrix: (3, 2) float64, optical density of haematoxylin (column 0) and eosin (1).
+        max_concentrations: (2,) float64, the 99th-percentile concentration of each stain.
+    """
+
+    stain_matrix: np.ndarray
+    max_concentrations: np.ndarray
+
+    def __post_init__(self) -> None:
+        matrix = np.asarray(self.stain_matrix, dtype=np.float64)
+        concentrations = np.asarray(self.max_concentrations, dtype=np.float64)
+        if matrix.shape != (3, 2) or concentrations.shape != (2,):
+            raise StainNormalizationError(
+                f"source stain estimate: expected a 3x2 stain matrix and 2 concentrations, "
+                f"got {matrix.shape} and {concentrations.shape}"
+            )
+        finite = np.isfinite(matrix).all() and np.isfinite(concentrations).all()
+        if not (finite and (concentrations > 0).all()):
+            raise StainNormalizationError(
+                f"source stain estimate: degenerate (HE={matrix.tolist()}, maxC={concentrations.tolist()})"
+            )
+        object.__setattr__(self, "stain_matrix", matrix)
+        object.__setattr__(self, "max_concentrations", concentrations)
 
 
 class StainNormalizer:
@@ -94,6 +140,14 @@ class StainNormalizer:
 
     def normalize(self, image: np.ndarray, name: str | None = None) -> np.ndarray:
         """Return the normalised (H, W, 3) uint8 image (the input unchanged on a fallback)."""
+        raise NotImplementedError
+
+    def estimate_source(self, image: np.ndarray, name: str | None = None) -> SourceStainEstimate | None:
+        """Estimate the stains of ``image`` (None: nothing to apply, e.g. a recorded fallback)."""
+        raise NotImplementedError
+
+    def apply(self, image: np.ndarray, estimate: SourceStainEstimate | None) -> np.ndarray:
+        """Map ``image`` (any region of the estimated image) with a fixed estimate; None: unchanged."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -146,6 +200,16 @@ class IdentityStainNormalizer(StainNormalizer):
         _check_rgb_uint8(image, name or "<unnamed>")
         return image.copy()
 
+    def estimate_source(self, image: np.ndarray, name: str | None = None) -> None:
+        """Nothing to estimate: returns None (which ``apply`` treats as "unchanged")."""
+        _check_rgb_uint8(image, name or "<unnamed>")
+        return None
+
+    def apply(self, image: np.ndarray, estimate: SourceStainEstimate | None) -> np.ndarray:
+        """Return a copy of ``image`` whatever the estimate."""
+        _check_rgb_uint8(image, "<region>")
+        return image.copy()
+
     def state_dict(self) -> dict[str, Any]:
         """Only the method name."""
         return {"method": self.method}
@@ -164,8 +228,8 @@ class MacenkoStainNormalizer(StainNormalizer):
         beta: optical density below which a pixel counts as background (transparent).
         min_tissue_pixels: fewer tissue pixels than this makes the stain estimate meaningless.
         min_tissue_fraction: likewise as a fraction of the image; the larger threshold applies.
-        max_pixels: images larger than this are normalised from a subsampled stain estimate in
-            row blocks (see the module docstring) to bound memory.
+        max_pixels: images larger than this are estimated on a subsample and mapped in chunks
+            (see the module docstring) to bound memory.
     """
 
     method = "macenko"
@@ -270,6 +334,10 @@ class MacenkoStainNormalizer(StainNormalizer):
     def normalize(self, image: np.ndarray, name: str | None = None) -> np.ndarray:
         """Map ``image`` onto the reference stains; on a low-tissue image return it unchanged.
 
+        The stains are estimated on ``image`` itself, so the whole image gets one transform.
+        Up to ``max_pixels`` this is one torchstain call (the path training data takes);
+        larger images go through ``estimate_source`` + ``apply`` to bound memory.
+
         Args:
             image: (H, W, 3) uint8 RGB.
             name: used in the fallback warning and ``fallback_names``.
@@ -282,15 +350,14 @@ class MacenkoStainNormalizer(StainNormalizer):
         """
         self._require_fitted()
         _check_rgb_uint8(image, name or "<unnamed>")
-        tissue, needed = self._tissue_pixels(image), self._needed_tissue_pixels(image)
-        if tissue < needed:
-            self.record_fallback(name, f"too little tissue: {tissue} pixels, need {needed}")
+        if _pixels(image) > self.max_pixels:
+            return self.apply(image, self.estimate_source(image, name=name))
+        reason = self._low_tissue_reason(image)
+        if reason is not None:
+            self.record_fallback(name, reason)
             return image.copy()
         try:
-            if _pixels(image) <= self.max_pixels:
-                result = self._normalize_in_one_go(image)
-            else:
-                result = self._normalize_in_blocks(image)
+            result = self._normalize_in_one_go(image)
         except (IndexError, RuntimeError) as error:  # torch.linalg errors are RuntimeErrors
             self.record_fallback(name, f"{type(error).__name__}: {error}")
             return image.copy()
@@ -298,6 +365,67 @@ class MacenkoStainNormalizer(StainNormalizer):
             self.record_fallback(name, "non-finite result")
             return image.copy()
         return result
+
+    def estimate_source(self, image: np.ndarray, name: str | None = None) -> SourceStainEstimate | None:
+        """Estimate the source stains of ``image`` once, to ``apply`` them to any region of it.
+
+        Why separate: a streamed slide is never in memory whole, so its stains are estimated on
+        a thumbnail and every block is then mapped with this one estimate (no seams between
+        blocks). The fallback rules are those of ``normalize`` (tissue threshold, torchstain
+        errors, degenerate result); an image above ``max_pixels`` is estimated on a subsample.
+
+        Args:
+            image: (H, W, 3) uint8 RGB, the whole image or a thumbnail of it.
+            name: used in the fallback warning and ``fallback_names``.
+
+        Returns:
+            The estimate, or None when the fallback applies; the fallback is then recorded here,
+            once, and ``apply(region, None)`` returns regions unchanged without counting again.
+
+        Raises:
+            StainNormalizationError: the normaliser is not fitted or ``image`` is not RGB uint8.
+        """
+        self._require_fitted()
+        _check_rgb_uint8(image, name or "<unnamed>")
+        reason = self._low_tissue_reason(image)
+        if reason is None:
+            estimate, reason = self._try_estimate(self._estimation_sample(image))
+            if estimate is not None:
+                return estimate
+        self.record_fallback(name, reason or "no stain estimate")
+        return None
+
+    def apply(self, image: np.ndarray, estimate: SourceStainEstimate | None) -> np.ndarray:
+        """Map ``image`` (any region of the estimated image) onto the reference with a fixed estimate.
+
+        Pixelwise, so regions can be mapped separately and put together without seams.
+
+        Args:
+            image: (h, w, 3) uint8 RGB.
+            estimate: from ``estimate_source``; None (the recorded fallback) returns a copy.
+
+        Returns:
+            (h, w, 3) uint8, values truncated like torchstain's.
+
+        Raises:
+            StainNormalizationError: unfitted, not RGB uint8, or an estimate whose transform
+                overflows (``estimate_source`` never returns such an estimate).
+        """
+        self._require_fitted()
+        _check_rgb_uint8(image, "stain region")
+        if estimate is None:
+            return image.copy()
+        tables = self._lookup_tables(estimate)
+        flat = image.reshape(-1, 3)
+        output = np.empty_like(flat)
+        for start in range(0, flat.shape[0], _APPLY_CHUNK_PIXELS):
+            chunk = flat[start : start + _APPLY_CHUNK_PIXELS]
+            rgb = tables[0][chunk[:, 0]]
+            rgb *= tables[1][chunk[:, 1]]
+            rgb *= tables[2][chunk[:, 2]]
+            np.minimum(rgb, 255.0, out=rgb)
+            output[start : start + _APPLY_CHUNK_PIXELS] = rgb.astype(np.uint8)
+        return output.reshape(image.shape)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -356,30 +484,60 @@ class MacenkoStainNormalizer(StainNormalizer):
             return None
         return normalized.clamp_(0, 255).to(torch.uint8).numpy()
 
-    def _normalize_in_blocks(self, image: np.ndarray) -> np.ndarray | None:
-        """Estimate the image's stains on a subsample, then reconstruct in row blocks."""
-        height, width, _ = image.shape
-        stride = math.ceil(math.sqrt(_pixels(image) / self.max_pixels))
-        he_src, max_c_src = self._estimate(np.ascontiguousarray(image[::stride, ::stride]))
-        if not (torch.isfinite(he_src).all() and torch.isfinite(max_c_src).all() and (max_c_src > 0).all()):
-            return None
-        assert self._he_ref is not None and self._max_c_ref is not None
-        scale = (self._max_c_ref / max_c_src).unsqueeze(-1)
-        rows_per_block = max(1, (1 << 20) // width)
-        output = np.empty_like(image)
-        with torch.no_grad():
-            for top in range(0, height, rows_per_block):
-                block = torch.from_numpy(image[top : top + rows_per_block].reshape(-1, 3)).float()
-                optical_density = -torch.log((block + 1.0) / self.Io)
-                concentrations = torch.linalg.lstsq(he_src, optical_density.T).solution * scale
-                rgb = self.Io * torch.exp(-self._he_ref @ concentrations)
-                if not bool(torch.isfinite(rgb).all()):
-                    return None
-                output[top : top + rows_per_block] = (
-                    rgb.clamp_(0, 255).T.to(torch.uint8).numpy().reshape(-1, width, 3)
-                )
-        return output
+    def _low_tissue_reason(self, image: np.ndarray) -> str | None:
+        """Why ``image`` has too little tissue for a stain estimate, or None when it has enough."""
+        tissue, needed = self._tissue_pixels(image), self._needed_tissue_pixels(image)
+        return None if tissue >= needed else f"too little tissue: {tissue} pixels, need {needed}"
 
+    def _estimation_sample(self, image: np.ndarray) -> np.ndarray:
+        """``image``, or above ``max_pixels`` a regular subsample of about that many pixels."""
+        if _pixels(image) <= self.max_pixels:
+            return image
+        stride = math.ceil(math.sqrt(_pixels(image) / self.max_pixels))
+        return np.ascontiguousarray(image[::stride, ::stride])
+
+    def _try_estimate(self, image: np.ndarray) -> tuple[SourceStainEstimate | None, str | None]:
+        """torchstain's source estimate of ``image`` and None, or None and why it failed."""
+        try:
+            he_src, max_c_src = self._estimate(image)
+            estimate = SourceStainEstimate(
+                he_src.detach().cpu().to(torch.float64).numpy(),
+                max_c_src.detach().cpu().to(torch.float64).numpy(),
+            )
+            self._lookup_tables(estimate)  # refuse an estimate whose transform overflows now
+        except (IndexError, RuntimeError) as error:  # torch.linalg errors are RuntimeErrors
+            return None, f"{type(error).__name__}: {error}"
+        except StainNormalizationError as error:
+            return None, f"non-finite result ({error})"
+        return estimate, None
+
+    def _lookup_tables(self, estimate: SourceStainEstimate) -> np.ndarray:
+        """Per-channel factors of the fixed transform: (3 input channels, 256 levels, 3 outputs).
+
+        torchstain computes ``C = lstsq(HE, OD)``, scales it by ``maxCRef / maxC`` and returns
+        ``Io exp(-HERef C)``. With ``M = HERef diag(maxCRef / maxC) pinv(HE)`` (3x3) that is
+        ``Io prod_j exp(-M[:, j] OD_j)``: each factor depends on one input channel's level, so
+        it is tabulated and a pixel costs three look-ups and two products, bit-identical
+        wherever the pixel sits in whatever region (plain float products, no vectorised exp).
+        """
+        assert self._he_ref is not None and self._max_c_ref is not None
+        scale = self._max_c_ref.to(torch.float64).numpy() / estimate.max_concentrations
+        concentrations = scale[:, None] * np.linalg.pinv(estimate.stain_matrix)  # (2, 3) per OD
+        transform = self._he_ref.to(torch.float64).numpy() @ concentrations
+        optical_density = -np.log((np.arange(256, dtype=np.float64) + 1.0) / self.Io)
+        with np.errstate(over="ignore", under="ignore"):
+            tables = np.exp(-transform.T[:, None, :] * optical_density[None, :, None])
+        tables[0] *= self.Io
+        if not (np.isfinite(tables).all() and (tables > 0).all()):
+            raise StainNormalizationError(
+                f"stain transform overflows (source HE={estimate.stain_matrix.tolist()}, "
+                f"maxC={estimate.max_concentrations.tolist()})"
+            )
+        return tables
+
+
+#: Pixels mapped per step by ``apply`` (about 6 MB of float64 temporaries), to bound memory.
+_APPLY_CHUNK_PIXELS = 1 << 18
 
 _MACENKO_PARAMS = ("Io", "alpha", "beta", "min_tissue_pixels", "min_tissue_fraction", "max_pixels")
 

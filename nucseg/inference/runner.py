@@ -3,8 +3,10 @@
 An image of at most ``stream_above`` pixels is read whole, stain-normalised in one call,
 predicted with ``sliding_window_predict`` and written from memory. A larger one is streamed:
 TIFFs are read region by region (``TiffRegionReader``), PNG/JPEG are read whole (their formats
-cannot be read by region) but everything after reading is streamed, and stain normalisation is
-applied per block of tiles with the same fitted reference (see ``streaming.py``).
+cannot be read by region) but everything after reading is streamed. Either way an image gets
+one stain transform: a streamed image's source stains are estimated once, on a thumbnail of at
+most ``overview_pixels`` pixels, and that fixed transform is applied to every block (see
+``streaming.py``), so the result does not depend on how the image is cut into blocks.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from nucseg.inference.outputs import (
     write_outputs_streamed,
 )
 from nucseg.inference.sliding_window import sliding_window_predict
-from nucseg.inference.streaming import ArrayRegionReader, TiffRegionReader, stream_logits
+from nucseg.inference.streaming import (
+    DEFAULT_OVERVIEW_PIXELS,
+    ArrayRegionReader,
+    Normalizer,
+    TiffRegionReader,
+    fixed_stain_transform,
+    stream_logits,
+)
 from nucseg.utils.image_io import TIFF_SUFFIXES, read_rgb_image
 
 DEFAULT_STREAM_ABOVE = 4096 * 4096
@@ -56,6 +65,7 @@ def predict_file(
     settings: PostprocessSettings = DEFAULT_SETTINGS,
     stream_above: int = DEFAULT_STREAM_ABOVE,
     progress: bool = False,
+    overview_pixels: int = DEFAULT_OVERVIEW_PIXELS,
 ) -> ImageResult:
     """Predict ``path`` with ``predict_fn`` and write the outputs listed in ``paths``.
 
@@ -63,17 +73,20 @@ def predict_file(
         path: A PNG, JPEG or TIFF image (RGB, RGBA, grey; 8 or 16 bit; see ``image_io``).
         predict_fn: (b, 3, h, w) float [0, 1] -> (b, 1, h, w) logits, e.g. a loaded module.
         paths: Output destinations.
-        normalizer: An object with ``normalize(image_uint8, name=...)`` (the training stain
-            reference), or None to predict the pixels as read.
+        normalizer: The training stain reference (``nucseg.data.stain``), or None to predict
+            the pixels as read. In-memory images use its ``normalize(image, name=...)``;
+            streamed ones need ``estimate_source`` and ``apply`` as well.
         tiling: ``sliding_window_predict`` settings (tile_size, overlap, batch_size, blend, tta,
             amp, tile_multiple); unknown keys are an error.
         settings: Post-processing settings.
         stream_above: Images with more pixels than this are streamed.
         progress: Show a tqdm bar over tiles.
+        overview_pixels: Most pixels of the thumbnail a streamed image's stains are estimated on.
 
     Raises:
         nucseg.utils.image_io.ImageReadError: The file cannot be read.
         ValueError: Bad settings or an unusable network output.
+        TypeError: A streamed image and a normaliser without ``estimate_source``/``apply``.
     """
     path = Path(path)
     tiling = dict(tiling or {})
@@ -83,9 +96,6 @@ def predict_file(
     started = time.perf_counter()
     name = str(path)
 
-    def normalize(region: np.ndarray) -> np.ndarray:
-        return region if normalizer is None else normalizer.normalize(region, name=name)
-
     if path.suffix.lower() in TIFF_SUFFIXES:
         reader: TiffRegionReader | ArrayRegionReader = TiffRegionReader(path)
     else:
@@ -94,12 +104,16 @@ def predict_file(
         height, width = reader.height, reader.width
         streamed = height * width > stream_above
         if streamed:
+            normalize: Normalizer | None = None
+            if normalizer is not None:
+                normalize = fixed_stain_transform(reader, normalizer, name, overview_pixels)
             bands = stream_logits(reader, predict_fn, normalize, progress=progress, **tiling)
             nuclei = write_outputs_streamed(reader, bands, paths, settings)
         else:
             image = reader.read(0, 0, height, width)
+            normalized = image if normalizer is None else normalizer.normalize(image, name=name)
             tensor = (
-                torch.from_numpy(np.require(normalize(image), requirements=["C", "W"]))
+                torch.from_numpy(np.require(normalized, requirements=["C", "W"]))
                 .permute(2, 0, 1)
                 .float()
                 .div_(255.0)

@@ -9,23 +9,27 @@ PNG and JPEG cannot be read by region; they are read whole (``ArrayRegionReader`
 
 Predicting. ``stream_logits`` uses the tile grid that ``sliding_window_predict`` would use on
 the whole image and walks it in blocks of tile rows x tile columns: each block's pixels are read,
-stain-normalised in one call (``normalize``, e.g. the training Macenko reference), cut into
-tiles and predicted; tile logits are blended into an accumulator that spans one block row of
-the image width. When a block row is done, the rows no later tile touches are final: they are
-divided by the (separable) weight sum and yielded, and the rest carries over. Without stain
-normalisation the result equals ``sliding_window_predict`` on the whole image (up to float
-summation order).
+stain-normalised (``normalize``, a fixed pixelwise transform), cut into tiles and predicted;
+tile logits are blended into an accumulator that spans one block row of the image width. When
+a block row is done, the rows no later tile touches are final: they are divided by the
+(separable) weight sum and yielded, and the rest carries over. With a fixed ``normalize`` (or
+none) the result equals ``sliding_window_predict`` on the whole normalised image (up to float
+summation order), whatever ``block_tiles`` is.
 
 Memory. Peak memory is one block of pixels (read, normalised, as tiles) plus the accumulator of
 one block row, ``C x (rows of a block row) x W`` floats (about 2 KB per image column with the
 defaults): it does not grow with the number of rows, only with the width, so a 100 000-pixel
 wide slide needs about 200 MB for it (fewer with ``block_tiles=(1, n)``).
 
-Stain normalisation per block. Macenko estimates the stain vectors of whatever it is given, so
-neighbouring blocks can be normalised slightly differently; tiles never straddle two
-normalisations (each tile is cut from one block) and overlapping tiles are blended, which hides
-most of it. Blocks are large (2 x 8 tiles by default, about 0.45 x 1.6 kpx) so estimates are
-stable, and a background-only block falls back to its raw pixels (the normaliser's rule).
+Stain normalisation: one transform per image. Macenko estimates the stain vectors of whatever
+it is given, so normalising each block on its own would map neighbouring blocks of one slide
+differently (seams, and predictions that depend on the block layout). Instead
+``fixed_stain_transform`` estimates the source stains once per image, from a thumbnail of at
+most ``DEFAULT_OVERVIEW_PIXELS`` (2048 x 2048, about 4.2 million) pixels: every k-th pixel in
+both axes, read region by region through the reader, so memory stays bounded (``read_overview``).
+That one estimate is then applied to every block (``MacenkoStainNormalizer.apply``, pixelwise,
+so blocks join without seams). A thumbnail with too little tissue makes the whole image fall
+back to its raw pixels, logged and counted once for the image, not per block.
 
 ``RawRowFile`` keeps rows of an intermediate result (probabilities, provisional labels) in a
 temporary file on disk, so later passes can read any rows back without holding the image.
@@ -60,6 +64,19 @@ from nucseg.utils.image_io import ImageReadError, read_rgb_image, to_rgb_uint8
 logger = logging.getLogger(__name__)
 
 Normalizer = Callable[[np.ndarray], np.ndarray]
+
+#: Most pixels of the thumbnail on which a streamed image's stains are estimated (2048 x 2048).
+DEFAULT_OVERVIEW_PIXELS = 2048 * 2048
+#: Most pixels read at once while building the thumbnail (48 MB of RGB).
+OVERVIEW_READ_PIXELS = 16 * 1024 * 1024
+
+
+class StainEstimator(Protocol):
+    """A stain normaliser split into estimate and apply (``nucseg.data.stain``)."""
+
+    def estimate_source(self, image: np.ndarray, name: str | None = None) -> Any: ...
+
+    def apply(self, image: np.ndarray, estimate: Any) -> np.ndarray: ...
 
 
 class RegionReader(Protocol):
@@ -236,6 +253,93 @@ def open_region_reader(path: str | os.PathLike[str]) -> TiffRegionReader | Array
     return ArrayRegionReader(read_rgb_image(path), name=str(path))
 
 
+def overview_stride(height: int, width: int, max_pixels: int = DEFAULT_OVERVIEW_PIXELS) -> int:
+    """The smallest k for which every k-th row and column of the image give at most ``max_pixels``."""
+    if max_pixels < 1:
+        raise ValueError(f"overview: max_pixels must be >= 1, got {max_pixels}")
+    stride = max(1, math.ceil(math.sqrt(height * width / max_pixels)))
+    while math.ceil(height / stride) * math.ceil(width / stride) > max_pixels:
+        stride += 1
+    return stride
+
+
+def read_overview(
+    reader: RegionReader,
+    max_pixels: int = DEFAULT_OVERVIEW_PIXELS,
+    read_pixels: int = OVERVIEW_READ_PIXELS,
+) -> np.ndarray:
+    """A thumbnail of the whole image: every k-th pixel in both axes, at most ``max_pixels``.
+
+    Why strided and not resampled: the stain estimate needs real pixel colours (averaging
+    would mix nuclei with background). The image is read in full-width bands of about
+    ``read_pixels`` (a multiple of k rows, so band boundaries keep the global grid); when k
+    rows alone are wider than that, only the sampled rows are read.
+
+    Returns:
+        (ceil(H / k), ceil(W / k), 3) uint8.
+    """
+    height, width = reader.height, reader.width
+    stride = overview_stride(height, width, max_pixels)
+    rows_per_read = max(1, read_pixels // max(1, width))
+    parts = []
+    if stride <= rows_per_read:
+        band = stride * (rows_per_read // stride)
+        for top in range(0, height, band):
+            parts.append(reader.read(top, 0, min(band, height - top), width)[::stride, ::stride])
+    else:
+        for top in range(0, height, stride):
+            parts.append(reader.read(top, 0, 1, width)[:, ::stride])
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
+
+
+def fixed_stain_transform(
+    reader: RegionReader,
+    normalizer: StainEstimator,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_OVERVIEW_PIXELS,
+) -> Normalizer:
+    """Estimate the image's stains once from ``read_overview`` and return the fixed per-block map.
+
+    Args:
+        reader: The image to be streamed.
+        normalizer: A fitted normaliser with ``estimate_source`` and ``apply``.
+        name: The image's name in the fallback warning (default: ``reader.name``).
+        max_pixels: Thumbnail size limit, see ``read_overview``.
+
+    Returns:
+        region -> ``normalizer.apply(region, estimate)``, for ``stream_logits(normalize=...)``.
+        After a fallback (too little tissue in the thumbnail, recorded once by
+        ``estimate_source``) it returns regions unchanged.
+
+    Raises:
+        TypeError: ``normalizer`` cannot estimate once and apply per block.
+    """
+    label = name or reader.name
+    if not (
+        callable(getattr(normalizer, "estimate_source", None))
+        and callable(getattr(normalizer, "apply", None))
+    ):
+        raise TypeError(
+            f"{label}: stain normaliser {type(normalizer).__name__} has no estimate_source/apply, "
+            "so a streamed image cannot get one stain transform"
+        )
+    overview = read_overview(reader, max_pixels)
+    estimate = normalizer.estimate_source(overview, name=label)
+    logger.info(
+        "%s: one stain transform for the image, estimated on a %dx%d thumbnail (every %d-th pixel)%s",
+        label,
+        overview.shape[1],
+        overview.shape[0],
+        overview_stride(reader.height, reader.width, max_pixels),
+        "" if estimate is not None else "; none applied",
+    )
+
+    def normalize(region: np.ndarray) -> np.ndarray:
+        return normalizer.apply(region, estimate)
+
+    return normalize
+
+
 def stream_logits(
     reader: RegionReader,
     predict_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -255,6 +359,9 @@ def stream_logits(
     Bands come in order and cover every row once. Arguments are those of
     ``sliding_window_predict``, plus ``normalize`` (uint8 RGB region -> uint8 RGB region, or
     None) and ``block_tiles``, the (rows, columns) of tiles read and normalised together.
+    ``normalize`` must be one fixed pixelwise transform for the whole image (e.g.
+    ``fixed_stain_transform``); a normaliser that re-estimates per region would make the output
+    depend on ``block_tiles``.
     """
     tile, overlap_px = resolve_tiling(tile_size, overlap, batch_size, blend, tta, tile_multiple)
     height, width = reader.height, reader.width
