@@ -15,8 +15,9 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
     from nucseg.evaluation import evaluate
+    from nucseg.pipeline import optimized_metric
 
-    return float(evaluate(cfg)["test"]["dice"])
+    return optimized_metric(evaluate(cfg))
 
 
 if __name__ == "__main__":

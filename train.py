@@ -16,9 +16,9 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns test Dice, the metric a Hydra sweeper optimises."""
-    from nucseg.pipeline import train  # after composition, so a wrong option fails at once
+    from nucseg.pipeline import optimized_metric, train  # after composition, so a wrong option fails at once
 
-    return float(train(cfg)["test"]["dice"])
+    return optimized_metric(train(cfg))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from nucseg.module import SegmentationModule
 
 
-
 class CheckpointError(ValueError):
     """A run directory has no checkpoint, or a checkpoint lacks what nucseg needs."""
 

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nucseg.checkpoint import find_checkpoint, load_checkpoint_dict, load_module, run_config_of
+from nucseg.pipeline import collect_test_results
 from nucseg.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(run_config.data)
     datamodule.stain_normalizer = module.stain_normalizer or datamodule.stain_normalizer
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
-    results: dict[str, float] = {}
-    for result in trainer.test(module, datamodule=datamodule):
-        results.update({key.removeprefix("test/"): float(value) for key, value in result.items()})
+    results = collect_test_results(trainer.test(module, datamodule=datamodule))
 
     output_dir = Path(cfg.get("output_dir") or _default_output_dir(checkpoint_path))
     metrics_path = output_dir / "metrics.json"
@@ -64,5 +63,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics.setdefault("seed", run_config.get("seed"))
     metrics.setdefault("config", OmegaConf.to_container(run_config, resolve=True))
     atomic_write_json(metrics_path, metrics)
-    log.info("wrote %s: %s", metrics_path, {key: round(value, 4) for key, value in results.items()})
+    log.info("wrote %s: %s", metrics_path, results)
     return metrics

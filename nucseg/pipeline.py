@@ -8,6 +8,7 @@ run is visible as such to ``nucseg.compare``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,10 +45,16 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
     )
 
 
-def _test_results(results: list[dict[str, float]]) -> dict[str, float]:
-    merged: dict[str, float] = {}
+def collect_test_results(results: list[dict[str, float]]) -> dict[str, float | None]:
+    """Merge Lightning's test results; a non-finite value (a diverged run) becomes ``None``,
+    so that ``metrics.json`` stays valid JSON and the run is still recorded."""
+    merged: dict[str, float | None] = {}
     for result in results:
-        merged.update({key.removeprefix("test/"): float(value) for key, value in result.items()})
+        for key, value in result.items():
+            number = float(value)
+            merged[key.removeprefix("test/")] = number if math.isfinite(number) else None
+    if any(value is None for value in merged.values()):
+        log.warning("non-finite test metrics recorded as null: %s", [k for k, v in merged.items() if v is None])
     return merged
 
 
@@ -65,6 +72,12 @@ def _hparams_for_tensorboard(resolved_config: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     _flatten({group: resolved_config[group] for group in HPARAM_GROUPS if group in resolved_config}, "", flat)
     return flat
+
+
+def optimized_metric(metrics: dict[str, Any]) -> float:
+    """Test Dice, the number a Hydra sweeper optimises (NaN for a diverged run's null)."""
+    dice = metrics["test"].get("dice")
+    return float("nan") if dice is None else float(dice)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -101,7 +114,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best_path is None:
         log.warning("no best checkpoint was recorded; testing the last weights")
-    test_results = _test_results(trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=False))
+    test_results = collect_test_results(trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=False))
 
     metrics: dict[str, Any] = {
         "model": cfg.model.name,
@@ -123,9 +136,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return metrics
     if isinstance(logger, TensorBoardLogger):
         logger.log_hyperparams(
-            _hparams_for_tensorboard(module.run_config), metrics={f"test/{k}": v for k, v in test_results.items()}
+            _hparams_for_tensorboard(module.run_config), metrics={f"test/{k}": v for k, v in test_results.items() if v is not None}
         )
         logger.finalize("success")
     atomic_write_json(run_dir / "metrics.json", metrics)
-    log.info("test: %s", {key: round(value, 4) for key, value in test_results.items()})
+    log.info("test: %s", test_results)
     return metrics

@@ -7,9 +7,9 @@ import sys
 import time
 
 import pytest
+from conftest import CONFIG_DIR, REPO_ROOT
 from hydra.utils import instantiate
 
-from conftest import CONFIG_DIR, REPO_ROOT
 from nucseg.pipeline import build_module
 
 GROUPS = ["data", "model", "loss", "optimizer", "scheduler", "module", "callbacks", "logger", "trainer", "experiment", "debug"]

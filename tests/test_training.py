@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT, TINY_OVERRIDES
+
 from nucseg.checkpoint import CheckpointError, load_module
 from nucseg.pipeline import train
 

@@ -139,7 +139,7 @@ def plot_curves(
     colours = plt.get_cmap("tab10")
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
     for axis, (title, metric) in zip(axes.flat, PANELS, strict=True):
-        for index, (label, runs) in enumerate(curves_by_label.items()):
+        for index, runs in enumerate(curves_by_label.values()):
             colour = colours(index % 10)
             for split, style in zip(SPLITS, ("-", "--"), strict=True):
                 found = [run[f"{split}/{metric}"] for run in runs if run.get(f"{split}/{metric}")]

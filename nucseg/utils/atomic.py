@@ -30,6 +30,7 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(handle)
     tmp_path = Path(tmp_name)
+    os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; results are for sharing
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as written:
@@ -37,6 +38,12 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, destination)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(destination: str | os.PathLike[str], data: bytes) -> Path:
