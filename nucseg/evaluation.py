@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nucseg.checkpoint import find_checkpoint, load_checkpoint_dict, load_module, run_config_of
+from nucseg.checkpoint import find_checkpoint, load_module
 from nucseg.pipeline import collect_test_results
 from nucseg.utils.atomic import atomic_write_json
 
@@ -38,11 +38,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("evaluate.py needs run_dir=<run directory> or ckpt_path=<checkpoint file>")
     checkpoint_path = find_checkpoint(target)
     overrides = list(cfg.get("overrides") or [])
-    run_config = OmegaConf.merge(
-        OmegaConf.create(run_config_of(load_checkpoint_dict(checkpoint_path), str(checkpoint_path))),
-        OmegaConf.from_dotlist(overrides),
-    )
     module = load_module(checkpoint_path, config_overrides=overrides)
+    run_config = OmegaConf.create(module.run_config)  # the stored config with the overrides merged
     datamodule = instantiate(run_config.data)
     datamodule.stain_normalizer = module.stain_normalizer or datamodule.stain_normalizer
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
