@@ -1,7 +1,7 @@
 """Evaluate a trained model on the test split and write metrics.json.
 
     python evaluate.py run_dir=logs/runs/2026-11-25_12-00-00_unet
-    python evaluate.py ckpt_path=path/to/best.ckpt 'overrides=[module.inference.tta=d4]'
+    python evaluate.py ckpt_path=path/to/best.ckpt 'overrides=["module.inference.tta=d4"]'
 """
 
 import hydra

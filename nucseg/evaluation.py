@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nucseg.checkpoint import find_checkpoint, load_module
-from nucseg.pipeline import collect_test_results
+from nucseg.pipeline import collect_test_results, with_image_count
 from nucseg.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(
         model=run_config.model.name,
         status=metrics.get("status", "finished"),
-        test={**results, "num_images": len(datamodule.test_images)},
+        test=with_image_count(results, len(datamodule.test_images)),
         params=sum(parameter.numel() for parameter in module.net.parameters()),
         evaluated_checkpoint=str(checkpoint_path),
         evaluation_overrides=overrides,

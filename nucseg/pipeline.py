@@ -58,6 +58,12 @@ def collect_test_results(results: list[dict[str, float]]) -> dict[str, float | N
     return merged
 
 
+def with_image_count(results: dict[str, float | None], split_size: int) -> dict[str, Any]:
+    """Test results with ``num_images`` as an int: the images scored, else the split's size."""
+    scored = results.get("num_images")
+    return {**results, "num_images": int(scored) if scored is not None else split_size}
+
+
 def _flatten(node: Any, prefix: str, flat: dict[str, Any]) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
@@ -121,7 +127,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "run_name": run_dir.name,
         "status": "finished",
         "seed": int(cfg.seed),
-        "test": {**test_results, "num_images": len(datamodule.test_images)},
+        "test": with_image_count(test_results, len(datamodule.test_images)),
         "params": sum(parameter.numel() for parameter in module.net.parameters()),
         "train_time_s": round(train_seconds, 2),
         "train_patches_per_s": round(speed.patches_per_second, 3),

@@ -58,6 +58,22 @@ def test_model_widths_come_from_the_experiment(compose_train):
     assert compose_train(["model=unet"], tiny=False).model.net.width == 64
 
 
+@pytest.mark.parametrize("data", _options("data"))
+def test_augmentation_knobs_are_in_the_config_and_reach_the_object(compose_train, monkeypatch, tmp_path, data):
+    # Every knob is listed, so `data.augmentation.hed_jitter_p=0.5` works without a `+`.
+    monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
+    cfg = compose_train([f"data={data}", "data.augmentation.hed_jitter_p=0.5"], tiny=False)
+    augmentation = instantiate(cfg.data.augmentation)
+    assert augmentation.hed_jitter_p == 0.5
+    assert compose_train([f"data={data}"], tiny=False).data.augmentation.hed_jitter_p == 0.0
+
+
+def test_recipes_set_stain_jitter_as_documented(compose_train, monkeypatch, tmp_path):
+    monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
+    assert compose_train(["experiment=monuseg"], tiny=False).data.augmentation.hed_jitter_p == 0.5
+    assert compose_train(["experiment=monuseg_reference"], tiny=False).data.augmentation.hed_jitter_p == 0.0
+
+
 def test_wrong_option_fails_at_once_with_the_list_of_choices(tmp_path):
     started = time.perf_counter()
     result = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from nucseg.metrics import PerImageMetrics, build_pixel_metrics
@@ -58,3 +59,18 @@ def test_per_image_mean_differs_from_pooled_when_images_differ_in_size_of_foregr
     assert np.isclose(values["iou_per_image"], (1.0 + 2 / 6) / 2)
     pooled = build_pixel_metrics()(probabilities, truth)
     assert np.isclose(float(pooled["dice"]), 2 * 3 / (5 + 5))
+
+
+def test_per_image_metrics_count_the_images_scored():
+    # metrics.json reports this count, so a run with limited test batches says how many it scored.
+    metric = PerImageMetrics()
+    target = torch.zeros(3, 1, 4, 4)
+    target[:, :, :2] = 1
+    metric.update(target.clone(), target)
+    metric.update(target[:1].clone(), target[:1])
+    results = metric.compute()
+    assert results["num_images"].item() == 4
+    assert results["dice_per_image"].item() == pytest.approx(1.0)
+    metric.reset()
+    metric.update(target[:1].clone(), target[:1])
+    assert metric.compute()["num_images"].item() == 1

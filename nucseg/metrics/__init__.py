@@ -10,7 +10,7 @@ the mean over images of each image's own value.
 from __future__ import annotations
 
 import torch
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryF1Score,
@@ -41,6 +41,8 @@ class PerImageMetrics(torch.nn.Module):
         super().__init__()
         self.threshold = threshold
         self.means = torch.nn.ModuleDict({name: MeanMetric() for name in ("dice", "iou", "accuracy")})
+        # Images actually scored: fewer than the split when a run limits its test batches.
+        self.num_images = SumMetric()
 
     def update(self, probabilities: torch.Tensor, target: torch.Tensor) -> None:
         """Add each image of the batch (B, 1, H, W) on its own."""
@@ -53,10 +55,13 @@ class PerImageMetrics(torch.nn.Module):
             }
             for name, value in values.items():
                 self.means[name].update(value)
+            self.num_images.update(1.0)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {f"{name}_per_image": metric.compute() for name, metric in self.means.items()}
+        results = {f"{name}_per_image": metric.compute() for name, metric in self.means.items()}
+        return {**results, "num_images": self.num_images.compute()}
 
     def reset(self) -> None:
         for metric in self.means.values():
             metric.reset()
+        self.num_images.reset()
