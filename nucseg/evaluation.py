@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(
         model=run_config.model.name,
         status=metrics.get("status", "finished"),
-        test=with_image_count(results, len(datamodule.test_images)),
+        test=with_image_count(results),
         params=sum(parameter.numel() for parameter in module.net.parameters()),
         evaluated_checkpoint=str(checkpoint_path),
         evaluation_overrides=overrides,

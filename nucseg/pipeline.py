@@ -58,10 +58,12 @@ def collect_test_results(results: list[dict[str, float]]) -> dict[str, float | N
     return merged
 
 
-def with_image_count(results: dict[str, float | None], split_size: int) -> dict[str, Any]:
-    """Test results with ``num_images`` as an int: the images scored, else the split's size."""
+def with_image_count(results: dict[str, float | None]) -> dict[str, Any]:
+    """Test results with ``num_images`` (logged by the module as a float) as an int.
+
+    The count is what the test actually scored, so no split size stands in for it."""
     scored = results.get("num_images")
-    return {**results, "num_images": int(scored) if scored is not None else split_size}
+    return {**results, "num_images": int(scored)} if scored is not None else dict(results)
 
 
 def _flatten(node: Any, prefix: str, flat: dict[str, Any]) -> None:
@@ -127,7 +129,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "run_name": run_dir.name,
         "status": "finished",
         "seed": int(cfg.seed),
-        "test": with_image_count(test_results, len(datamodule.test_images)),
+        "test": with_image_count(test_results),
         "params": sum(parameter.numel() for parameter in module.net.parameters()),
         "train_time_s": round(train_seconds, 2),
         "train_patches_per_s": round(speed.patches_per_second, 3),
