@@ -6,6 +6,8 @@ import time
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 class TrainingSpeed(L.Callback):
@@ -42,3 +44,28 @@ class TrainingSpeed(L.Callback):
     @property
     def patches_per_second(self) -> float:
         return self.patches / self.step_seconds if self.step_seconds > 0 else 0.0
+
+
+class ExponentialMovingAverage(EMAWeightAveraging):
+    """EMA of the weights: validated, checkpointed as ``state_dict`` and tested in place of the raw ones.
+
+    Lightning's callback swaps the averaged weights in for validation and writes them as the
+    checkpoint's ``state_dict`` (raw weights under ``current_model_state``, for resuming). On
+    loading it always restores the raw weights into the module, so ``trainer.test(ckpt_path=best)``
+    would score weights that validation never chose. Outside ``fit`` this subclass leaves the
+    averaged ``state_dict`` in place: test, ``evaluate.py`` and ``predict.py`` all see the same
+    network that won validation.
+
+    Args:
+        decay: weight of the running average per update; ``1 / (1 - decay)`` steps is its horizon.
+        update_starting_at_step: first optimiser step that updates the average (``None``: the first).
+    """
+
+    def __init__(self, decay: float = 0.999, update_starting_at_step: int | None = None) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ExponentialMovingAverage: decay must be in (0, 1), got {decay}")
+        super().__init__(decay=decay, update_starting_at_step=update_starting_at_step)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

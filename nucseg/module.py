@@ -33,6 +33,9 @@ class SegmentationModule(L.LightningModule):
         scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped per epoch.
         model_name: the name runs and tables use (``unet``, ``linknet34``...).
         inference: sliding-window options for validation, test and prediction.
+        validation_inference: options that replace ``inference``'s during validation only, e.g.
+            ``{"tta": "none"}``: validation picks the checkpoint and runs many times, so on a tight
+            budget it is cheaper there; the test still uses ``inference``.
         threshold: probability above which a pixel is called nucleus.
         num_logged_images: validation images drawn to TensorBoard per epoch.
     """
@@ -45,6 +48,7 @@ class SegmentationModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         model_name: str = "model",
         inference: Mapping[str, Any] | None = None,
+        validation_inference: Mapping[str, Any] | None = None,
         threshold: float = 0.5,
         num_logged_images: int = 2,
     ) -> None:
@@ -56,6 +60,7 @@ class SegmentationModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.model_name = model_name
         self.inference_kwargs = {**DEFAULT_INFERENCE, **dict(inference or {})}
+        self.validation_inference_kwargs = {**self.inference_kwargs, **dict(validation_inference or {})}
         self.threshold = threshold
         self.num_logged_images = num_logged_images
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -92,7 +97,8 @@ class SegmentationModule(L.LightningModule):
 
     def _evaluate_whole_images(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = batch["image"], batch["mask"]
-        logits = self.predict_logits(images)
+        options = self.validation_inference_kwargs if stage == "val" else self.inference_kwargs
+        logits = sliding_window_predict(images, self, **options)
         loss = self.loss(logits, masks)
         self.log(f"{stage}/loss", loss.total, on_step=False, on_epoch=True, batch_size=images.shape[0])
         for name, value in loss.terms.items():

@@ -59,3 +59,32 @@ def test_tta_inside_sliding_window_preserves_alignment() -> None:
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown mode"):
         tta_transforms("rot")
+
+
+def test_validation_can_skip_the_tta_the_test_keeps() -> None:
+    """``validation_inference`` replaces keys for validation only: flips at test, one pass at validation."""
+    from nucseg.losses import CompositeLoss
+    from nucseg.module import SegmentationModule
+
+    class CountingNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.images_seen = 0
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            self.images_seen += images.shape[0]
+            return images[:, :1]
+
+    net = CountingNet()
+    module = SegmentationModule(
+        net=net,
+        loss=CompositeLoss({"bce": {"weight": 1.0}}),
+        inference={"tile_size": 32, "overlap": 0, "batch_size": 4, "tta": "flips"},
+        validation_inference={"tta": "none"},
+    )
+    batch = {"image": torch.rand(1, 3, 32, 32), "mask": torch.zeros(1, 1, 32, 32)}
+    module._evaluate_whole_images(batch, "val")
+    assert net.images_seen == 1
+    module._evaluate_whole_images(batch, "test")
+    assert net.images_seen == 1 + 4
+    assert module.validation_inference_kwargs["tile_size"] == 32  # the other keys are inherited
