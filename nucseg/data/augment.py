@@ -8,7 +8,7 @@ so the two can never drift apart.
 Rules, documented once:
 
 - Order: horizontal flip, vertical flip, rotation by a multiple of 90 degrees, rotation by an
-  arbitrary angle, then HED stain jitter (image only). Each step is drawn per sample with its
+  arbitrary angle, isotropic scaling, then HED stain jitter (image only). Each step is drawn per sample with its
   own probability; a step with ``p = 0`` is not built at all.
 - ``rot90_p``: the step runs with this probability and then turns by ``k * 90`` degrees with
   ``k`` uniform in {0, 1, 2, 3} (albumentations' ``RandomRotate90`` convention), so with
@@ -19,6 +19,9 @@ Rules, documented once:
   rotate_degrees]``): the corners that come from outside the patch are filled by **reflection**
   in the image *and* in the mask (Kornia uses the same padding flag for both), so a nucleus
   mirrored into a corner is mirrored in the mask too and the pair stays consistent.
+- Scaling (``RandomAffine`` with a zoom factor uniform in ``scale_range``, centred) changes the
+  apparent nucleus size, which differs between organs; corners a zoom-out uncovers are filled by
+  reflection, as for rotation.
 - The image is resampled bilinearly and clamped to [0, 1]; the mask is resampled nearest and
   returned exactly binary (``> 0.5``) in the image's dtype.
 - HED jitter (Tellez et al. 2018): RGB -> optical density -> H, E, DAB concentrations with the
@@ -89,6 +92,8 @@ class SegmentationAugmentation(torch.nn.Module):
         rot90_p: probability of the rotation by ``k * 90`` degrees, ``k`` uniform in {0, 1, 2, 3}.
         rotate_p: probability of a rotation by an angle uniform in ``[-rotate_degrees, rotate_degrees]``.
         rotate_degrees: largest angle of that rotation.
+        scale_p: probability of an isotropic zoom by a factor uniform in ``scale_range``.
+        scale_range: (smallest, largest) zoom factor; 1 keeps the size.
         hed_jitter_p: probability of HED stain jitter per sample (0 turns it off).
         hed_jitter_sigma: strength of the HED jitter (see :func:`hed_jitter`).
     """
@@ -100,16 +105,21 @@ class SegmentationAugmentation(torch.nn.Module):
         rot90_p: float = 0.5,
         rotate_p: float = 0.5,
         rotate_degrees: float = 180.0,
+        scale_p: float = 0.0,
+        scale_range: tuple[float, float] = (0.8, 1.25),
         hed_jitter_p: float = 0.0,
         hed_jitter_sigma: float = 0.05,
     ) -> None:
         super().__init__()
         for label, value in (("hflip_p", hflip_p), ("vflip_p", vflip_p), ("rot90_p", rot90_p),
-                             ("rotate_p", rotate_p), ("hed_jitter_p", hed_jitter_p)):
+                             ("rotate_p", rotate_p), ("scale_p", scale_p), ("hed_jitter_p", hed_jitter_p)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"SegmentationAugmentation: {label}={value} is not a probability in [0, 1]")
         if not 0.0 <= rotate_degrees <= 360.0:
             raise ValueError(f"SegmentationAugmentation: rotate_degrees={rotate_degrees} is not in [0, 360]")
+        smallest, largest = (float(value) for value in scale_range)
+        if not 0.0 < smallest <= largest:
+            raise ValueError(f"SegmentationAugmentation: scale_range={tuple(scale_range)} is not 0 < smallest <= largest")
         if not 0.0 <= hed_jitter_sigma < 1.0:
             raise ValueError(
                 f"SegmentationAugmentation: hed_jitter_sigma={hed_jitter_sigma} is not in [0, 1)"
@@ -130,6 +140,11 @@ class SegmentationAugmentation(torch.nn.Module):
                 degrees=rotate_degrees, padding_mode="reflection", align_corners=True, p=rotate_p
             )
             steps.append(rotate)
+        if scale_p > 0 and (smallest, largest) != (1.0, 1.0):
+            zoom = K.RandomAffine(
+                degrees=0.0, scale=(smallest, largest), padding_mode="reflection", align_corners=True, p=scale_p
+            )
+            steps.append(zoom)
         self.geometric = K.AugmentationSequential(*steps, data_keys=["input", "mask"]) if steps else None
 
     def forward(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
