@@ -95,3 +95,16 @@ def test_long_override_lists_give_short_distinct_directory_names():
     long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
     assert len(short_dirname(long_a)) == 120 and "~" not in short_dirname(long_a)
     assert short_dirname(long_a) != short_dirname(long_b)
+
+
+def test_cpu_recipe_v2_and_the_overrides_that_give_back_v1(compose_train, monkeypatch, tmp_path):
+    """docs/results.md reproduces its v1 rows with three overrides of the v2 config: keep them true."""
+    monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
+    v2 = compose_train(["experiment=monuseg_cpu", "model=linknet34"], tiny=False)
+    assert v2.callbacks.ema.decay == 0.99 and v2.module.validation_inference.tta == "none"
+    assert v2.trainer.max_epochs == 22 and v2.module.inference.tta == "flips"
+    v1_overrides = ["callbacks.ema=null", "module.validation_inference=null", "cpu_epochs.linknet34=20"]
+    v1 = compose_train(["experiment=monuseg_cpu", "model=linknet34", *v1_overrides], tiny=False)
+    callbacks = [instantiate(callback) for callback in v1.callbacks.values() if callback]  # as the pipeline does
+    assert "ExponentialMovingAverage" not in {type(callback).__name__ for callback in callbacks}
+    assert v1.module.validation_inference is None and v1.trainer.max_epochs == 20

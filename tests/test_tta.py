@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from nucseg.inference import D4Transform, sliding_window_predict, tta_forward, tta_transforms
+from nucseg.losses import CompositeLoss
+from nucseg.module import SegmentationModule
 
 
 def asymmetric_image() -> torch.Tensor:
@@ -63,9 +65,6 @@ def test_unknown_mode_is_rejected() -> None:
 
 def test_validation_can_skip_the_tta_the_test_keeps() -> None:
     """``validation_inference`` replaces keys for validation only: flips at test, one pass at validation."""
-    from nucseg.losses import CompositeLoss
-    from nucseg.module import SegmentationModule
-
     class CountingNet(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()

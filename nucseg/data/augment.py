@@ -8,8 +8,8 @@ so the two can never drift apart.
 Rules, documented once:
 
 - Order: horizontal flip, vertical flip, rotation by a multiple of 90 degrees, rotation by an
-  arbitrary angle, isotropic scaling, then HED stain jitter (image only). Each step is drawn per sample with its
-  own probability; a step with ``p = 0`` is not built at all.
+  arbitrary angle, isotropic zoom, then HED stain jitter (image only). Each step is drawn per
+  sample with its own probability; a step with ``p = 0`` is not built at all.
 - ``rot90_p``: the step runs with this probability and then turns by ``k * 90`` degrees with
   ``k`` uniform in {0, 1, 2, 3} (albumentations' ``RandomRotate90`` convention), so with
   ``hflip_p = 0.5`` and ``rot90_p = 1`` every one of the eight flips/rotations of the square is
@@ -19,7 +19,7 @@ Rules, documented once:
   rotate_degrees]``): the corners that come from outside the patch are filled by **reflection**
   in the image *and* in the mask (Kornia uses the same padding flag for both), so a nucleus
   mirrored into a corner is mirrored in the mask too and the pair stays consistent.
-- Scaling (``RandomAffine`` with a zoom factor uniform in ``scale_range``, centred) changes the
+- Zoom (``RandomAffine`` with a factor uniform in ``scale_range``, centred) changes the
   apparent nucleus size, which differs between organs; corners a zoom-out uncovers are filled by
   reflection, as for rotation.
 - The image is resampled bilinearly and clamped to [0, 1]; the mask is resampled nearest and
