@@ -1,11 +1,14 @@
 """Training throughput of each model, side by side in one process: patches per second.
 
     python benchmarks/train_throughput.py --patch 256 --batch 8 --steps 6
-    python benchmarks/train_throughput.py --models unet:32 resunet:32 linknet34
+    python benchmarks/train_throughput.py --models unet:32 resunet:32 linknet34 --modes fp32 fp32-cl bf16-cl
 
 One step = forward + BCE/Focal/Dice loss + backward + AdamW update on random 256² crops
 (data loading excluded: crops come from memory and cost nothing next to the network).
-The first step of each model is a warm-up and is not timed.
+The first step of each model is a warm-up and is not timed. Modes: ``fp32`` (NCHW, float32),
+``fp32-cl`` (channels-last), ``bf16-cl`` (channels-last under bf16 autocast, as
+``trainer.precision=bf16-mixed module.channels_last=true``); each mode's speed-up over
+``fp32`` is printed for each model.
 """
 
 from __future__ import annotations
@@ -26,17 +29,26 @@ def model_from_spec(spec: str) -> tuple[str, torch.nn.Module]:
     return spec, build_model(name, **kwargs)
 
 
-def patches_per_second(net: torch.nn.Module, patch: int, batch: int, steps: int) -> float:
+MODES = {"fp32": (False, False), "fp32-cl": (False, True), "bf16-cl": (True, True)}
+
+
+def patches_per_second(net: torch.nn.Module, patch: int, batch: int, steps: int, mode: str = "fp32") -> float:
+    bf16, channels_last = MODES[mode]
     loss = CompositeLoss({"bce": {}, "focal": {}, "dice": {}})
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     images = torch.rand(batch, 3, patch, patch)
     masks = (torch.rand(batch, 1, patch, patch) > 0.7).float()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     net.train()
     elapsed = 0.0
     for step in range(steps + 1):
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss(net(images), masks).total.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(images)
+        loss(logits, masks).total.backward()
         optimizer.step()
         if step > 0:
             elapsed += time.perf_counter() - started
@@ -50,18 +62,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=list(MODES))
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"patch {args.patch}², batch {args.batch}, {args.steps} timed steps, {args.threads} threads")
     results = {}
     for spec in args.models:
-        label, net = model_from_spec(spec)
-        params = sum(p.numel() for p in net.parameters())
-        results[label] = patches_per_second(net, args.patch, args.batch, args.steps)
-        print(f"{label:<14}{params / 1e6:>8.2f} M params {results[label]:>8.2f} patches/s", flush=True)
+        speeds = {}
+        for mode in args.modes:
+            torch.manual_seed(0)
+            label, net = model_from_spec(spec)
+            params = sum(p.numel() for p in net.parameters())
+            speeds[mode] = patches_per_second(net, args.patch, args.batch, args.steps, mode)
+            print(f"{label:<14}{mode:<9}{params / 1e6:>8.2f} M params {speeds[mode]:>8.2f} patches/s", flush=True)
+        results[spec] = speeds[args.modes[0]]
+        if len(args.modes) > 1:
+            base = args.modes[0]
+            print(f"{spec:<14}vs {base}: " + ", ".join(f"{m} {v / speeds[base]:.2f}×" for m, v in speeds.items()))
     fastest = max(results.values())
-    print("relative to the fastest:", ", ".join(f"{k} {v / fastest:.2f}" for k, v in results.items()))
+    print(f"relative to the fastest ({args.modes[0]}):", ", ".join(f"{k} {v / fastest:.2f}" for k, v in results.items()))
 
 
 if __name__ == "__main__":

@@ -97,13 +97,23 @@ def test_long_override_lists_give_short_distinct_directory_names():
     assert short_dirname(long_a) != short_dirname(long_b)
 
 
-def test_cpu_recipe_v2_and_the_overrides_that_give_back_v1(compose_train, monkeypatch, tmp_path):
-    """docs/results.md reproduces its v1 rows with three overrides of the v2 config: keep them true."""
+def test_cpu_recipe_v3_and_the_overrides_that_give_back_v2_and_v1(compose_train, monkeypatch, tmp_path):
+    """docs/results.md reproduces its v1 and v2 rows with overrides of the v3 config: keep them true."""
     monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
-    v2 = compose_train(["experiment=monuseg_cpu", "model=linknet34"], tiny=False)
+    v3 = compose_train(["experiment=monuseg_cpu", "model=linknet34"], tiny=False)
+    assert v3.trainer.precision == "bf16-mixed" and v3.module.channels_last is True
+    assert v3.trainer.max_epochs == 46
+    v2_overrides = ["trainer.precision=32-true", "module.channels_last=false", "cpu_epochs={unet: 8, resunet: 6, linknet34: 22}"]
+    v2 = compose_train(["experiment=monuseg_cpu", "model=linknet34", *v2_overrides], tiny=False)
     assert v2.callbacks.ema.decay == 0.99 and v2.module.validation_inference.tta == "none"
     assert v2.trainer.max_epochs == 22 and v2.module.inference.tta == "flips"
-    v1_overrides = ["callbacks.ema=null", "module.validation_inference=null", "cpu_epochs.linknet34=20"]
+    assert v2.trainer.precision == "32-true" and v2.module.channels_last is False
+    v1_overrides = [
+        *v2_overrides[:2],
+        "callbacks.ema=null",
+        "module.validation_inference=null",
+        "cpu_epochs={unet: 8, resunet: 6, linknet34: 20}",
+    ]
     v1 = compose_train(["experiment=monuseg_cpu", "model=linknet34", *v1_overrides], tiny=False)
     callbacks = [instantiate(callback) for callback in v1.callbacks.values() if callback]  # as the pipeline does
     assert "ExponentialMovingAverage" not in {type(callback).__name__ for callback in callbacks}

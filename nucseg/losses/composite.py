@@ -45,7 +45,9 @@ class CompositeLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> LossOutput:
         if logits.shape != target.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-        target = target.to(logits.dtype)
+        # Under mixed precision the network's logits are bf16/fp16; the loss (sums over a whole
+        # batch of pixels) is computed in float32, as the AMP guides recommend.
+        logits, target = logits.float(), target.float()
         values = {label: term(logits, target) for label, term in self.terms.items()}
         total = sum(self.weights[label] * value for label, value in values.items())
         return LossOutput(total=total, terms={label: value.detach() for label, value in values.items()})
