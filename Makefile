@@ -41,10 +41,11 @@ tensorboard: $(STAMP) ## Serve TensorBoard for all runs on 127.0.0.1:6006
 tensorboard-check: $(STAMP) ## Start TensorBoard on the newest sweep (or DIRS=...), check tags and HParams over HTTP, stop it
 	$(PY) -m nucseg.compare.tensorboard_check $(DIRS)
 
-bench: $(STAMP) ## Benchmarks: inference (ours vs MONAI vs raw forward, streaming memory), training throughput
+bench: $(STAMP) ## Benchmarks: inference (ours vs MONAI vs raw forward, streaming memory), training throughput (per model; fp32 vs channels-last vs bf16)
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'
 	$(PY) benchmarks/inference.py --rounds 3 --stream-size 5000 10000
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_throughput.py --models unet:32 resunet:32 linknet34 --modes fp32 fp32-cl bf16-cl
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .

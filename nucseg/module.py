@@ -128,7 +128,10 @@ class SegmentationModule(L.LightningModule):
             self._log_example(batch, probabilities, batch_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits, probabilities = self._evaluate_whole_images(batch, "test")
+        # Outside the trainer's autocast: the test scores exactly what evaluate.py and predict.py
+        # compute from the checkpoint (their own sliding-window precision), not a bf16 variant.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            logits, probabilities = self._evaluate_whole_images(batch, "test")
         self.test_metrics.update(probabilities, batch["mask"].int())
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True, batch_size=logits.shape[0])
         self.test_per_image.update(probabilities, batch["mask"])
