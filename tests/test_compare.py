@@ -215,6 +215,28 @@ def test_rows_differing_in_config_get_labels(tmp_path: Path) -> None:
     assert format_value(table.groups[0], table.columns[0]) == "0.2000 ± 0.1414"
 
 
+def test_lever_rows_are_labelled_by_what_they_change(tmp_path: Path) -> None:
+    """Five one-change recipes of one model: each row names its own change, even past three keys."""
+    base = {"aug": {"hed": 0.0, "scale": 0.0}, "ema": 0.99, "optimizer": {"lr": 0.001}}
+    levers = [{}, {"aug": {"hed": 0.5, "scale": 0.0}}, {"aug": {"hed": 0.0, "scale": 0.5}}, {"ema": None}, {"optimizer": {"lr": 0.002}}]
+    runs = []
+    for index, change in enumerate(levers):
+        run_dir = tmp_path / f"{index}_lever"
+        run_dir.mkdir()
+        config = {"model": {"name": "linknet34"}, **base, **change}
+        test = {"loss": 0.5, "dice": 0.8, "iou": 0.66, "accuracy": 0.92}
+        (run_dir / "metrics.json").write_text(json.dumps({"model": "linknet34", "test": test, "config": config}))
+        runs.append(collect.load_run(run_dir))
+    labels = [group.label for group in build_table(runs).groups]
+    assert labels == [
+        "linknet34 (aug.hed=0.0, aug.scale=0.0, ema=0.99, …)",
+        "linknet34 (aug.hed=0.5)",
+        "linknet34 (aug.scale=0.5)",
+        "linknet34 (ema=None)",
+        "linknet34 (optimizer.lr=0.002)",
+    ]
+
+
 def test_curves_map_steps_to_epochs(sweep: Path) -> None:
     curves = read_epoch_curves(sweep / "0_model=unet")
     assert sorted(curves["val/dice"]) == [0, 1, 2]

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -277,7 +278,12 @@ def _best_rows(groups: Sequence[RunGroup], column: Column) -> set[int]:
 
 
 def _disambiguate_labels(groups: list[RunGroup]) -> None:
-    """Append ``key=value`` of differing config keys to labels of rows that share a model."""
+    """Append ``key=value`` of differing config keys to labels of rows that share a model.
+
+    Each row shows the keys in which it departs from the most common value among the rows of
+    its model (ties: the first row's), so a sweep of one-change levers reads as its levers; the
+    row that departs from none (the baseline) shows its own values of the keys that differ.
+    """
     by_model: dict[str, list[RunGroup]] = {}
     for group in groups:
         by_model.setdefault(group.model, []).append(group)
@@ -286,12 +292,14 @@ def _disambiguate_labels(groups: list[RunGroup]) -> None:
             continue
         flats = [_flatten(_comparable_config(group.runs[0])) for group in same_model]
         keys = sorted(set().union(*flats))
-        differing = [
-            key for key in keys if len({json.dumps(flat.get(key), default=str) for flat in flats}) > 1
-        ]
-        for group, flat in zip(same_model, flats, strict=True):
-            parts = [f"{key}={_short(flat.get(key))}" for key in differing[:3]]
-            if len(differing) > 3:
+        encoded = [{key: json.dumps(flat.get(key), default=str) for key in keys} for flat in flats]
+        differing = [key for key in keys if len({values[key] for values in encoded}) > 1]
+        modal = {key: Counter(values[key] for values in encoded).most_common(1)[0][0] for key in differing}
+        for group, flat, values in zip(same_model, flats, encoded, strict=True):
+            own = [key for key in differing if values[key] != modal[key]]
+            shown = own or differing
+            parts = [f"{key}={_short(flat.get(key))}" for key in shown[:3]]
+            if len(shown) > 3:
                 parts.append("…")
             group.label = f"{group.model} ({', '.join(parts)})" if parts else group.model
         _number_duplicates(same_model)
