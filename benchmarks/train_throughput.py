@@ -19,7 +19,7 @@ import time
 import torch
 
 from nucseg.losses import CompositeLoss
-from nucseg.models import build_model
+from nucseg.models import build_model, count_parameters
 
 
 def model_from_spec(spec: str) -> tuple[str, torch.nn.Module]:
@@ -73,7 +73,7 @@ def main() -> None:
         for mode in args.modes:
             torch.manual_seed(0)
             label, net = model_from_spec(spec)
-            params = sum(p.numel() for p in net.parameters())
+            params = count_parameters(net)
             speeds[mode] = patches_per_second(net, args.patch, args.batch, args.steps, mode)
             print(f"{label:<14}{mode:<9}{params / 1e6:>8.2f} M params {speeds[mode]:>8.2f} patches/s", flush=True)
         results[spec] = speeds[args.modes[0]]

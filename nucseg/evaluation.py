@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nucseg.checkpoint import find_checkpoint, load_module
+from nucseg.models import count_parameters
 from nucseg.pipeline import collect_test_results, with_image_count
 from nucseg.utils.atomic import atomic_write_json
 
@@ -52,7 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         model=run_config.model.name,
         status=metrics.get("status", "finished"),
         test=with_image_count(results),
-        params=sum(parameter.numel() for parameter in module.net.parameters()),
+        params=count_parameters(module.net),
         evaluated_checkpoint=str(checkpoint_path),
         evaluation_overrides=overrides,
     )

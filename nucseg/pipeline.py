@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from nucseg.callbacks import TrainingSpeed
+from nucseg.models import count_parameters
 from nucseg.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "status": "finished",
         "seed": int(cfg.seed),
         "test": with_image_count(test_results),
-        "params": sum(parameter.numel() for parameter in module.net.parameters()),
+        "params": count_parameters(module.net),
         "train_time_s": round(train_seconds, 2),
         "train_patches_per_s": round(speed.patches_per_second, 3),
         "train_patches": speed.patches,

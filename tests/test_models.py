@@ -6,7 +6,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
-from nucseg.models import PretrainedWeightsError, available_models, build_model
+from nucseg.models import PretrainedWeightsError, available_models, build_model, count_parameters
 from nucseg.models.resunet import ResUNet
 from nucseg.models.unet import UNet
 
@@ -39,7 +39,7 @@ def test_unknown_model_names_the_choices():
 def test_unet_width_and_depth_set_channels_like_the_paper():
     net = UNet(width=64, depth=4)
     assert [block[0].out_channels for block in net.encoder] == [64, 128, 256, 512, 1024]
-    assert sum(p.numel() for p in UNet(width=64, depth=4, batch_norm=False).parameters()) == 31_031_745
+    assert count_parameters(UNet(width=64, depth=4, batch_norm=False)) == 31_031_745
 
 
 def test_resunet_has_residual_units_with_projection_shortcuts():

@@ -41,3 +41,8 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
     except KeyError:
         raise KeyError(f"unknown model '{name}'; available: {', '.join(available_models())}") from None
     return factory(**kwargs)
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of weights of ``net``: the ``params`` that metrics.json and the tables report."""
+    return sum(parameter.numel() for parameter in net.parameters())
