@@ -40,8 +40,8 @@ class SegmentationModule(L.LightningModule):
         num_logged_images: validation images drawn to TensorBoard per epoch.
         channels_last: keep weights and inputs in NHWC memory order. The same arithmetic; the
             convolution kernels of oneDNN (CPU) and cuDNN (tensor cores) are faster on it:
-            1.7× for LinkNet-34 training on the 2-core CPU in float32, 3.2× with bf16 autocast
-            (``benchmarks/train_throughput.py``). Off by default: on CPU, torch 2.14's oneDNN
+            training on the 2-core CPU runs 1.2–1.4× faster in float32 and 2.3–3.4× with bf16
+            autocast (docs/measurements.md). Off by default: on CPU, torch 2.14's oneDNN
             crashes in the backward pass of 1×1 stride-2 convolutions with 2–8 input channels
             in this layout, so :meth:`on_fit_start` refuses such networks with a clear error.
     """
