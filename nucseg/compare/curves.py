@@ -161,7 +161,10 @@ def plot_curves(
     handles = [Line2D([], [], color=colours(i % 10), label=label) for i, label in enumerate(curves_by_label)]
     for split, style in zip(SPLITS, ("-", "--"), strict=True):
         handles.append(Line2D([], [], color="grey", linestyle=style, label=split))
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False)
+    # Long labels (rows told apart by config keys) get one column, so none runs off the figure.
+    longest = max(len(handle.get_label()) for handle in handles)
+    columns = min(len(handles), 6) if longest <= 30 else 2 if longest <= 60 else 1
+    figure.legend(handles=handles, loc="outside lower center", ncol=columns, frameon=False)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png")
     plt.close(figure)
