@@ -9,6 +9,7 @@ the comparison.
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,10 +119,11 @@ def plot_examples(
         panels = [(crop.image, "input"), (truth, "ground truth")]
         for name in names:
             prediction = crop.predictions.get(name)
+            wrapped = textwrap.fill(name, width=34)  # a row label with config keys fits its column
             if prediction is None:
-                panels.append((None, f"{name}\n(no prediction)"))
+                panels.append((None, f"{wrapped}\n(no prediction)"))
             else:
-                title = f"{name}\nDice {dice(prediction, crop.truth):.3f}"
+                title = f"{wrapped}\nDice {dice(prediction, crop.truth):.3f}"
                 panels.append((overlay_outline(crop.image, prediction, PREDICTION_COLOUR, thickness), title))
         for col, (picture, title) in enumerate(panels):
             axis = axes[row, col]
