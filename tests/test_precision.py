@@ -28,8 +28,8 @@ def test_channels_last_gives_the_same_logits_and_gradients(name: str) -> None:
     for module in modules:
         logits = module(images)
         module.loss(logits, masks).total.backward()
-        outputs.append((logits.detach(), module.net.parameters().__next__().grad))
-    assert modules[1].net.parameters().__next__().is_contiguous(memory_format=torch.channels_last)
+        outputs.append((logits.detach(), next(module.net.parameters()).grad))
+    assert next(modules[1].net.parameters()).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-3, atol=1e-4)
 
