@@ -176,8 +176,12 @@ class MonusegDataModule(NucleiDataModule):
 
     Args:
         root: the folder holding ``train/`` and ``test/`` in the official layout.
+        annotation_rule: ``"organisers"`` (official ground truth) or ``"centre"`` (earlier fill,
+            for side-by-side scoring); see :class:`~nucseg.data.sources.MonusegSource`.
         **kwargs: the :class:`NucleiDataModule` options.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(source=MonusegSource(root), **kwargs)
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, annotation_rule: str = "organisers", **kwargs: Any
+    ) -> None:
+        super().__init__(source=MonusegSource(root, annotation_rule=annotation_rule), **kwargs)
