@@ -68,7 +68,7 @@ def test_pooled_statistics_on_summed_counts() -> None:
     sums = {"pq_tp": 1.0, "pq_fp": 2.0, "pq_fn": 2.0, "pq_iou_sum": 0.75}
     assert float(pooled_pq(sums)) == pytest.approx(0.25)
     assert float(pooled_pq(dict.fromkeys(sums, 0.0))) == 1.0
-    assert set(POOLED_STATISTICS) == {"dice", "iou", "accuracy", "aji", "pq"}
+    assert set(POOLED_STATISTICS) == {"dice", "iou", "accuracy", "precision", "recall", "aji", "aji_plus", "pq"}
 
 
 def test_seed_interval_is_the_t_interval() -> None:

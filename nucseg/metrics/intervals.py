@@ -241,12 +241,30 @@ def pooled_pq(sums: Mapping[str, np.ndarray | float]) -> np.ndarray:
     return np.where(empty, 1.0, dq * sq)
 
 
+def pooled_precision(sums: Mapping[str, np.ndarray | float]) -> np.ndarray:
+    """Pixel precision tp / (tp + fp) from summed counts (0 for 0/0)."""
+    return _divide(sums["tp"], sums["tp"] + sums["fp"], 0.0)
+
+
+def pooled_recall(sums: Mapping[str, np.ndarray | float]) -> np.ndarray:
+    """Pixel recall tp / (tp + fn) from summed counts (0 for 0/0)."""
+    return _divide(sums["tp"], sums["tp"] + sums["fn"], 0.0)
+
+
+def pooled_aji_plus(sums: Mapping[str, np.ndarray | float]) -> np.ndarray:
+    """Dataset-level AJI+ from summed one-to-one C and U (1.0 when U = 0)."""
+    return _divide(sums["aji_plus_intersection"], sums["aji_plus_union"], 1.0)
+
+
 # Pooled metrics the comparison table knows how to resample: name -> (count keys, statistic).
 POOLED_STATISTICS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, np.ndarray]], np.ndarray]]] = {
     "dice": (("tp", "fp", "fn"), pooled_dice),
     "iou": (("tp", "fp", "fn"), pooled_iou),
     "accuracy": (("tp", "fp", "fn", "tn"), pooled_accuracy),
+    "precision": (("tp", "fp"), pooled_precision),
+    "recall": (("tp", "fn"), pooled_recall),
     "aji": (("aji_intersection", "aji_union"), pooled_aji),
+    "aji_plus": (("aji_plus_intersection", "aji_plus_union"), pooled_aji_plus),
     "pq": (("pq_tp", "pq_fp", "pq_fn", "pq_iou_sum"), pooled_pq),
 }
 
