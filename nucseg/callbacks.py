@@ -69,7 +69,9 @@ class TrainingProgress(L.Callback):
     budget, so a run takes ``max_time`` plus one validation (plus the test).
 
     Attributes:
-        progress: progress at the last optimiser step.
+        progress: progress at the last optimiser step (what the schedule was given).
+        time_used: fraction of the budget used when training ended (before the test).
+        epochs_trained: optimiser steps over steps per epoch (a stop mid-epoch counts its part).
         stopped_by: ``max_time``, ``max_epochs``/``max_steps`` or ``None`` while running.
         max_time_s: the budget Lightning's ``Timer`` holds (``None``: no budget).
     """
@@ -78,6 +80,8 @@ class TrainingProgress(L.Callback):
         self.progress = 0.0
         self.stopped_by: str | None = None
         self.max_time_s: float | None = None
+        self.time_used = 0.0
+        self.epochs_trained = 0.0
         self._timer: Timer | None = None
         self._schedules: list[ProgressSchedule] = []
 
@@ -124,6 +128,9 @@ class TrainingProgress(L.Callback):
             self._validate_at_the_end(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.time_used = self._time_spent()
+        batches = trainer.num_training_batches
+        self.epochs_trained = trainer.global_step / batches if batches and math.isfinite(batches) else float(trainer.current_epoch)
         if self.stopped_by is None:
             self.stopped_by = "max_steps" if 0 < trainer.max_steps <= trainer.global_step else "max_epochs"
 
@@ -137,9 +144,10 @@ class TrainingProgress(L.Callback):
         return {
             "max_time_s": self.max_time_s,
             "progress": round(self.progress, 4),
-            "time_used": round(self._time_spent(), 4),
+            "time_used": round(self.time_used, 4),
             "stopped_by": self.stopped_by,
             "steps": int(trainer.global_step),
+            "epochs_trained": round(self.epochs_trained, 2),
         }
 
 

@@ -139,15 +139,15 @@ def resolve_precision(requested: str | int | None, accelerator: str | None = AUT
     return HardwareChoice(AUTO, "32-true", f"no mixed precision chosen automatically on {device}")
 
 
-def channels_last_crash_layer(net: nn.Module) -> str | None:
-    """Name of a layer whose channels-last backward crashes oneDNN on CPU (see
-    :func:`nucseg.module.check_channels_last_on_cpu`), or ``None``."""
+def channels_last_crash(net: nn.Module) -> str | None:
+    """Why channels-last would crash ``net``'s backward pass on CPU (the guard
+    :func:`nucseg.module.check_channels_last_on_cpu`), or ``None`` when it would not."""
     from nucseg.module import check_channels_last_on_cpu
 
     try:
         check_channels_last_on_cpu(net)
     except ValueError as error:
-        return str(error).split("'")[1] if "'" in str(error) else str(error)
+        return str(error).split(";")[0]
     return None
 
 
@@ -169,9 +169,9 @@ def resolve_channels_last(requested: bool | str | None, net: nn.Module, device_t
             raise ValueError(f"module.channels_last must be true, false or auto, got {requested!r}")
         return HardwareChoice(bool(requested), bool(requested), "set explicitly")
     if device_type == "cpu":
-        layer = channels_last_crash_layer(net)
-        if layer is not None:
-            return HardwareChoice(AUTO, False, f"layer {layer} would crash oneDNN's channels-last backward on CPU")
+        crash = channels_last_crash(net)
+        if crash is not None:
+            return HardwareChoice(AUTO, False, crash)
         return HardwareChoice(AUTO, True, "oneDNN's channels-last convolutions are faster on CPU")
     if device_type == "cuda":
         return HardwareChoice(AUTO, True, "cuDNN's channels-last kernels are faster on GPU")

@@ -142,7 +142,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "precision": precision.as_dict(),
-        "budget": progress.summary(trainer) if progress is not None else None,
+        "progress": progress.summary(trainer) if progress is not None else None,
         "best_ckpt": str(Path(best_path).relative_to(run_dir)) if best_path and Path(best_path).is_relative_to(run_dir) else best_path,
         "stain": {"fallbacks": getattr(datamodule.stain_normalizer, "fallback_count", 0)},
         "data_preparation_s": {key: round(value, 2) for key, value in datamodule.preparation_seconds.items()},

@@ -132,7 +132,8 @@ def test_a_run_stopped_by_its_budget_ends_annealed_and_validated(tmp_path, monke
     assert all(a >= b for a, b in zip(module.learning_rates, module.learning_rates[1:], strict=False))
     assert module.validated_at_step[-1] == trainer.global_step, "the annealed end must be validated"
     summary = progress.summary(trainer)
-    assert summary["stopped_by"] == "max_time" and summary["progress"] >= 0.99
+    assert summary["stopped_by"] == "max_time" and summary["progress"] >= 0.99 and summary["time_used"] >= 1.0
+    assert summary["epochs_trained"] == pytest.approx(trainer.global_step / 7, abs=0.01)
     json.dumps(summary)
 
 
