@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
@@ -153,3 +154,16 @@ def test_an_epoch_schedule_cut_by_the_budget_is_left_alone_with_a_warning(tmp_pa
     assert "follows epochs" in caplog.text
     assert module.learning_rates[-1] > 0.5 * BASE_LR, "14 of 30 cosine epochs: far from annealed"
     assert progress.stopped_by == "max_time"
+
+
+@pytest.mark.slow
+def test_a_budgeted_pipeline_run_records_precision_and_progress(compose_train):
+    from nucseg.pipeline import train
+
+    cfg = compose_train(["scheduler=cosine_budget", "trainer.max_time=00:00:00:03", "trainer.max_epochs=50"])
+    metrics = train(cfg)
+    written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert written["precision"]["requested"] == "auto" and written["precision"]["used"] in {"bf16-mixed", "32-true"}
+    assert written["precision"]["reason"]
+    assert written["steps"] == written["progress"]["steps"] > 0 and metrics["progress"]["max_time_s"] == 3.0
+    assert written["progress"]["stopped_by"] in {"max_time", "max_epochs"}
