@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 venv: $(STAMP) ## Create .venv and install nucseg with the tested pins
 
-demo: $(STAMP) ## Train U-Net, ResUNet and LinkNet-34 on synthetic H&E (70 s budget each), test each, print the table
+demo: $(STAMP) ## Train U-Net, ResUNet and LinkNet-34 on synthetic H&E (a 60 s training budget each), test each, print the table
 	$(PY) train.py -m experiment=demo model=unet,resunet,linknet34
 	$(PY) -m nucseg.compare
 
