@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nucseg.checkpoint import find_checkpoint, load_module
+from nucseg.hardware import resolve_precision
 from nucseg.models import count_parameters
 from nucseg.pipeline import collect_test_results, with_image_count
 from nucseg.utils.atomic import atomic_write_json
@@ -43,7 +44,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_config = OmegaConf.create(module.run_config)  # the stored config with the overrides merged
     datamodule = instantiate(run_config.data)
     datamodule.stain_normalizer = module.stain_normalizer or datamodule.stain_normalizer
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")).used  # "auto" → this machine's
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, precision=precision)
     results = collect_test_results(trainer.test(module, datamodule=datamodule))
 
     output_dir = Path(cfg.get("output_dir") or _default_output_dir(checkpoint_path))

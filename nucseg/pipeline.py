@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from nucseg.callbacks import TrainingSpeed
+from nucseg.callbacks import TrainingProgress, TrainingSpeed
+from nucseg.hardware import log_choice, resolve_precision
 from nucseg.models import count_parameters
 from nucseg.utils.atomic import atomic_write_json
 
@@ -114,7 +115,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         speed = TrainingSpeed()
         callbacks.append(speed)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    log_choice("trainer.precision", precision)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision.used)
+    progress = next((c for c in callbacks if isinstance(c, TrainingProgress)), None)
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -136,6 +140,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train_patches_per_s": round(speed.patches_per_second, 3),
         "train_patches": speed.patches,
         "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "precision": precision.as_dict(),
+        "progress": progress.summary(trainer) if progress is not None else None,
         "best_ckpt": str(Path(best_path).relative_to(run_dir)) if best_path and Path(best_path).is_relative_to(run_dir) else best_path,
         "stain": {"fallbacks": getattr(datamodule.stain_normalizer, "fallback_count", 0)},
         "data_preparation_s": {key: round(value, 2) for key, value in datamodule.preparation_seconds.items()},

@@ -393,6 +393,8 @@ def _columns(groups: Iterable[RunGroup]) -> list[Column]:
         Column("train_time_s", "Train time", "time", higher_is_better=False),
         Column("train_patches_per_s", "Patches/s", "rate", higher_is_better=True),
     ]
+    if any((run.metrics or {}).get("progress") for group in groups for run in group.runs):  # newer runs record it
+        columns.append(Column("progress.epochs_trained", "Epochs", "rate", higher_is_better=True))
     return columns
 
 
