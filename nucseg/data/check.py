@@ -139,10 +139,11 @@ class DataCheckReport:
         return "\n".join([problem.line() for problem in self.problems] + [self.summary()])
 
     def log(self, log: logging.Logger = logger) -> None:
-        """Log the changes once (warnings: they alter what the model sees) and the summary."""
+        """Log the changes once (warnings: they alter what the model sees) and, when ok, the summary."""
         for line in self.change_lines():
             log.warning("data check: %s", line)
-        log.info(self.summary())
+        if self.ok:
+            log.info(self.summary())
 
     def to_dict(self) -> dict[str, Any]:
         """The record stored as ``metrics.json["data_check"]`` (checksums go to the run's provenance)."""
@@ -509,7 +510,15 @@ def check_monuseg_root(
 
 
 def check_data_source(source: Any, num_val_images: int = 0, stain_reference: str | None = None) -> DataCheckReport | None:
-    """Check the files behind a data source before training (None for sources without files).
+    """Check the files behind a data source before training and log the changes it lists.
+
+    Args:
+        source: the data module's source; only :class:`~nucseg.data.sources.MonusegSource` has files.
+        num_val_images: training images held out for validation.
+        stain_reference: the training image the stain normaliser is fitted to, if named.
+
+    Returns:
+        The report, or None for a source without files (synthetic data).
 
     Raises:
         DataCheckError: the data root has problems (all of them in the message).
@@ -519,6 +528,7 @@ def check_data_source(source: Any, num_val_images: int = 0, stain_reference: str
     if not isinstance(source, MonusegSource):
         return None
     report = check_monuseg_root(source.root, num_val_images=num_val_images, stain_reference=stain_reference)
+    report.log()
     report.raise_if_failed()
     return report
 
