@@ -167,7 +167,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule.setup("test")
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # our own checkpoints (they hold the run config): full unpickling is intended
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
     train_seconds = time.perf_counter() - started
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None

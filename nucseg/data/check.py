@@ -294,22 +294,24 @@ class _Checker:
         for folder in (split_dir, images_dir):
             problem = _access_problem(folder)
             if problem is not None or not folder.is_dir():
+                shown = f" ({problem})" if problem and folder.is_symlink() else ""
                 report.add_problem(
                     folder,
-                    f"{split} {'split' if folder == split_dir else 'images'} folder not found"
-                    + (f" ({problem})" if problem else ""),
+                    f"{split} {'split' if folder == split_dir else 'images'} folder not found{shown}",
                     f"restore {split}/images/ with {split}/annotations/ (XML) or {split}/labels/ under the data root",
                 )
                 report.images[split] = 0
                 return []
 
         images: dict[str, Path] = {}
+        image_stems: set[str] = set()  # usable or not: their annotations are not orphans
         for path in sorted(images_dir.iterdir()):
             if path.name.startswith("."):
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 report.add_change(FILES_IGNORED, path, "not a .tif, .tiff or .png image")
                 continue
+            image_stems.add(path.stem)
             problem = _access_problem(path)
             if problem is not None:
                 report.add_problem(path, problem, "replace the link with the image file")
@@ -327,7 +329,7 @@ class _Checker:
             report.add_problem(images_dir, "no images (.tif, .tiff, .png)", f"put the {split} images here")
 
         usable = [name for name in sorted(images) if self.entry(split_dir, name, images[name])]
-        self._orphans(split_dir, set(images))
+        self._orphans(split_dir, image_stems)
         report.images[split] = len(usable)
         return usable
 
