@@ -174,3 +174,42 @@ class ExponentialMovingAverage(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run diverged and was stopped."""
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Stop training at the first NaN or infinite loss, naming the step and the last finite loss.
+
+    Later steps would only train on NaN weights, and the checkpoint chosen on validation would
+    hide it; stopping at once keeps the last good checkpoint and says where the run went wrong.
+    """
+
+    def __init__(self) -> None:
+        self.last_finite_loss: float | None = None
+        self.last_finite_step: int | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        import math  # here, so that this guard stays one block at the end of the module
+
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach().float()) if hasattr(loss, "detach") else float(loss)
+        step = trainer.global_step
+        if math.isfinite(value):
+            self.last_finite_loss, self.last_finite_step = value, step
+            return
+        last = (
+            f"the last finite loss was {self.last_finite_loss:.6g} at step {self.last_finite_step}"
+            if self.last_finite_loss is not None
+            else "no step had a finite loss"
+        )
+        raise NonFiniteLossError(
+            f"training loss is {value} at step {step} (epoch {trainer.current_epoch}, batch {batch_idx}); {last}. "
+            "Lower optimizer.lr, train in trainer.precision=32-true, or check the data"
+        )

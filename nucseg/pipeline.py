@@ -3,6 +3,12 @@
 Every object comes from the config's ``_target_`` entries; this module only wires them and
 records the outcome. ``status.json`` says running / finished / failed at all times, so a crashed
 run is visible as such to ``nucseg.compare``.
+
+Before the first training step the data files of every split are checked
+(:mod:`nucseg.data.check`) and every split is loaded, so that no problem with the data surfaces
+after hours of training; ``provenance.json`` records what the run is made of. ``resume=true``
+skips a run whose ``metrics.json`` is complete and continues any other from its last checkpoint
+(:mod:`nucseg.resume`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 from hydra.utils import instantiate
@@ -20,12 +26,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from nucseg.callbacks import TrainingProgress, TrainingSpeed
+from nucseg.callbacks import NonFiniteLossGuard, TrainingProgress, TrainingSpeed
+from nucseg.data.check import check_data_source
 from nucseg.hardware import log_choice, resolve_precision
 from nucseg.models import count_parameters
+from nucseg.resume import AtomicCheckpointIO, RandomStateCheckpoint, finished_metrics, resume_checkpoint
 from nucseg.utils.atomic import atomic_write_json
+from nucseg.utils.provenance import write_provenance
 
 log = logging.getLogger(__name__)
+CallbackT = TypeVar("CallbackT", bound=L.Callback)
 HPARAM_GROUPS = ("model", "loss", "optimizer", "scheduler", "data", "module", "trainer", "seed")
 
 
@@ -91,9 +101,18 @@ def optimized_metric(metrics: dict[str, Any]) -> float:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test the best-on-validation checkpoint, and write ``metrics.json`` into the run directory."""
+    """Fit, test the best-on-validation checkpoint, and write ``metrics.json`` into the run directory.
+
+    With ``cfg.resume`` a run directory whose ``metrics.json`` is complete is not trained again:
+    its metrics are returned as they are.
+    """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("resume"):
+        finished = finished_metrics(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        if finished is not None:
+            log.info("%s: finished before (metrics.json is complete); not trained again", run_dir)
+            return finished
     write_status(run_dir, "running")
     try:
         metrics = _train(cfg, run_dir)
@@ -104,24 +123,58 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _with_callback(callbacks: list[L.Callback], kind: type[CallbackT]) -> CallbackT:
+    """The callback of ``kind`` in ``callbacks``, appended when the config has none."""
+    found = next((c for c in callbacks if isinstance(c, kind)), None)
+    if found is None:
+        found = kind()
+        callbacks.append(found)
+    return found
+
+
+def check_data(cfg: DictConfig, datamodule: Any) -> Any:
+    """Check every data file the run will read (``cfg.check_data``, default on); None when skipped.
+
+    Raises:
+        DataCheckError: every problem found, one line per file.
+    """
+    if not cfg.get("check_data", True):
+        return None
+    return check_data_source(
+        getattr(datamodule, "source", None),
+        num_val_images=getattr(datamodule, "num_val_images", 0),
+        stain_reference=getattr(datamodule, "stain_reference", None),
+    )
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
+    data_check = check_data(cfg, datamodule)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("resume")), run_dir, run_config)
+    write_provenance(run_dir, run_config, data_check.checksums if data_check is not None else None)
     module = build_module(cfg)
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.run_config = run_config
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback]
-    speed = next((c for c in callbacks if isinstance(c, TrainingSpeed)), None)
-    if speed is None:
-        speed = TrainingSpeed()
-        callbacks.append(speed)
+    speed = _with_callback(callbacks, TrainingSpeed)
+    _with_callback(callbacks, NonFiniteLossGuard)
+    _with_callback(callbacks, RandomStateCheckpoint)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     log_choice("trainer.precision", precision)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision.used)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=logger, precision=precision.used, plugins=[AtomicCheckpointIO()]
+    )
     progress = next((c for c in callbacks if isinstance(c, TrainingProgress)), None)
+    # Every split is read before the first step: a file the header-level check could not judge
+    # (a damaged compressed strip) fails now, not after training.
+    datamodule.setup("fit")
+    datamodule.setup("test")
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # our own checkpoints (they hold the run config): full unpickling is intended
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False if ckpt_path else None)
     train_seconds = time.perf_counter() - started
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -146,6 +199,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "best_ckpt": str(Path(best_path).relative_to(run_dir)) if best_path and Path(best_path).is_relative_to(run_dir) else best_path,
         "stain": {"fallbacks": getattr(datamodule.stain_normalizer, "fallback_count", 0)},
         "data_preparation_s": {key: round(value, 2) for key, value in datamodule.preparation_seconds.items()},
+        "data_check": data_check.to_dict() if data_check is not None else None,
         "config": module.run_config,
     }
     if not trainer.is_global_zero:  # under DDP every rank runs this function; one writes
