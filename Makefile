@@ -47,6 +47,7 @@ bench: $(STAMP) ## Benchmarks: inference (ours vs MONAI vs raw forward, streamin
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/train_throughput.py --models unet:32 resunet:32 linknet34 --modes fp32 fp32-cl bf16-cl auto --steps 4 --isa native avx2
 	$(PY) benchmarks/instance_metrics.py
+	$(PY) benchmarks/datapath.py --steps 4
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .

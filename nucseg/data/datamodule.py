@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 
 from nucseg.data.augment import SegmentationAugmentation
 from nucseg.data.datasets import RandomPatchDataset, WholeImageDataset
+from nucseg.data.device_dataset import DeviceResidentCrops
+from nucseg.data.samplers import evaluation_sampler
 from nucseg.data.sources import ImageSource, MonusegSource
 from nucseg.data.splits import VAL_STRATEGIES, SplitError, SplitProtocol, choose_validation, load_protocol
 from nucseg.data.stain import IdentityStainNormalizer, StainNormalizationCache, normalize_images
@@ -102,6 +104,12 @@ class NucleiDataModule(L.LightningDataModule):
         batch_size: training crops per batch.
         num_workers: DataLoader workers (crops come from memory: 0 is usually fastest).
         augmentation: the device-side training augmentation (``None``: none).
+        pin_memory: page-locked loader batches for faster copies to a GPU (``None``: when CUDA
+            is available).
+        persistent_workers: keep loader workers alive between epochs (with ``num_workers > 0``).
+        device_resident: hold the training images in one uint8 tensor on the device and cut
+            the crops there (:class:`~nucseg.data.device_dataset.DeviceResidentCrops`): no
+            loader workers and no per-batch copy; needs training images of one size.
     """
 
     def __init__(
@@ -121,6 +129,9 @@ class NucleiDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         augmentation: SegmentationAugmentation | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        device_resident: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -135,6 +146,9 @@ class NucleiDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.augmentation = augmentation
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.device_resident = device_resident
         self.train_images: list[AnnotatedImage] = []
         self.val_images: list[AnnotatedImage] = []
         self.test_images: list[AnnotatedImage] = []
@@ -227,18 +241,36 @@ class NucleiDataModule(L.LightningDataModule):
             self.preparation_seconds.update(test_load=loaded - started, test_normalize=time.perf_counter() - loaded)
 
     # -- loaders -----------------------------------------------------------------------------
+    def _distribution(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached trainer; (1, 0) without one."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
     def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """A loader with this module's worker options; evaluation loaders (``shuffle=False``) get a
+        sampler that splits whole images over the ranks without repeating one."""
+        sampler = None if shuffle else evaluation_sampler(dataset, *self._distribution())
+        pin_memory = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            pin_memory=pin_memory,
             drop_last=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceResidentCrops:
+        if self.device_resident:
+            world_size, rank = self._distribution()
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            return DeviceResidentCrops(
+                self.train_images, self.patch_size, self.patches_per_image, self.batch_size,
+                device=device, world_size=world_size, rank=rank,
+            )
         dataset = RandomPatchDataset(self.train_images, self.patch_size, self.patches_per_image)
         return self._loader(dataset, self.batch_size, shuffle=True)
 
