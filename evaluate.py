@@ -16,17 +16,16 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> None:
     from nucseg.checkpoint import CheckpointError
     from nucseg.evaluation import evaluate
-    from nucseg.pipeline import optimized_metric
 
-    def task() -> float:
+    def task() -> None:
         if not (cfg.get("ckpt_path") or cfg.get("run_dir")):
             raise CheckpointError("evaluate.py needs run_dir=<run directory> or ckpt_path=<checkpoint file>")
-        return optimized_metric(evaluate(cfg))
+        evaluate(cfg)
 
-    return run_task(task)
+    run_task(task)
 
 
 if __name__ == "__main__":

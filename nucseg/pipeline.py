@@ -95,9 +95,30 @@ def _hparams_for_tensorboard(resolved_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def optimized_metric(metrics: dict[str, Any]) -> float:
-    """Test Dice, the number a Hydra sweeper optimises (NaN for a diverged run's null)."""
-    dice = metrics["test"].get("dice")
-    return float("nan") if dice is None else float(dice)
+    """The best validation value of ``optimized_metric``: what a Hydra sweeper maximises.
+
+    Never a test metric: a sweep that chose hyperparameters on the test split would report an
+    optimistic test score. NaN when the run recorded no finite validation value (a diverged run).
+    """
+    value = (metrics.get("validation") or {}).get("best")
+    return float("nan") if value is None else float(value)
+
+
+def validation_summary(monitor: str, checkpoint: ModelCheckpoint | None, trainer: L.Trainer) -> dict[str, Any]:
+    """The validation metric that chose the checkpoint and its best value, for metrics.json.
+
+    Raises:
+        ValueError: ``monitor`` is not a validation metric (``val/...``).
+    """
+    if not str(monitor).startswith("val/"):
+        raise ValueError(f"optimized_metric must be a validation metric (val/...), got {monitor!r}")
+    if checkpoint is not None and checkpoint.monitor == monitor and checkpoint.best_model_score is not None:
+        best = float(checkpoint.best_model_score)
+    else:
+        last = trainer.callback_metrics.get(monitor)
+        best = float(last) if last is not None else None
+        log.warning("optimized_metric %s is not what chose the checkpoint; reporting its last value", monitor)
+    return {"metric": monitor, "best": best if best is not None and math.isfinite(best) else None}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -180,6 +201,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     best_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best_path is None:
         log.warning("no best checkpoint was recorded; testing the last weights")
+    validation = validation_summary(str(cfg.get("optimized_metric") or "val/dice"), checkpoint, trainer)
     test_results = collect_test_results(trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=False))
 
     metrics: dict[str, Any] = {
@@ -187,6 +209,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "run_name": run_dir.name,
         "status": "finished",
         "seed": int(cfg.seed),
+        "validation": validation,
         "test": with_image_count(test_results),
         "params": count_parameters(module.net),
         "train_time_s": round(train_seconds, 2),

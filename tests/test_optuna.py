@@ -77,6 +77,7 @@ def test_two_trial_search_writes_its_best_parameters(tmp_path):
     assert len(trials) == 2
     validation = [best_validation_score(trial, "val/dice") for trial in trials]
     assert all(0.0 <= value <= 1.0 for value in validation)
-    test = [json.loads((trial / "metrics.json").read_text())["test"]["dice"] for trial in trials]
-    # The sweeper keeps the largest value train.py returned: validation Dice (optimized_metric).
-    assert best["best_value"] == pytest.approx(max(validation)) or best["best_value"] == pytest.approx(max(test))
+    recorded = [json.loads((trial / "metrics.json").read_text())["validation"] for trial in trials]
+    assert [entry["best"] for entry in recorded] == pytest.approx(validation)
+    # The sweeper keeps the largest value train.py returned: validation Dice (optimized_metric), never a test metric.
+    assert best["best_value"] == pytest.approx(max(validation))
