@@ -107,6 +107,16 @@ class NucleiDataModule(L.LightningDataModule):
         self.stain_normalizer.fit(by_name[name].image)
         log.info("stain normaliser fitted to training image %s", name)
 
+    def _split_validation(self, images: list[AnnotatedImage]) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
+        """The source's own validation images when it names them (``validation_names()``), else
+        ``num_val_images`` held out by ``split_seed``."""
+        names_of = getattr(self.source, "validation_names", None)
+        named = names_of() if callable(names_of) else None
+        if not named:
+            return split_train_val(images, self.num_val_images, self.split_seed)
+        held_out = set(named)
+        return [i for i in images if i.name not in held_out], [i for i in images if i.name in held_out]
+
     def _normalize(self, images: list[AnnotatedImage]) -> list[AnnotatedImage]:
         return normalize_images(images, self.stain_normalizer, self.cache)
 
@@ -115,7 +125,7 @@ class NucleiDataModule(L.LightningDataModule):
             started = time.perf_counter()
             training_images = self.source.load_split("train")
             loaded = time.perf_counter()
-            train, val = split_train_val(training_images, self.num_val_images, self.split_seed)
+            train, val = self._split_validation(training_images)
             self._fit_stain_normalizer(training_images)
             self.train_images, self.val_images = self._normalize(train), self._normalize(val)
             self.preparation_seconds.update(
