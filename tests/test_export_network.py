@@ -15,6 +15,9 @@ from test_api import train_tiny_run  # tests/ is on sys.path (pytest rootdir-rel
 from nucseg.checkpoint import load_module
 from nucseg.export.__main__ import main as export_main
 from nucseg.export.network import ExportError, export_network, module_logits, preprocessed_network
+from nucseg.losses import CompositeLoss
+from nucseg.models import build_model
+from nucseg.module import SegmentationModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +83,7 @@ def test_torchscript_export_reproduces_the_module(tiny_run: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_onnx_export_reproduces_the_module(tiny_run: Path, tmp_path: Path):
+    pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
     result = export_network(tiny_run, "onnx", tmp_path)
     metadata = json.loads(result.metadata_path.read_text())
@@ -96,6 +100,29 @@ def test_onnx_export_reproduces_the_module(tiny_run: Path, tmp_path: Path):
     for index in range(2):
         expected = module_logits(module, batch[index].transpose(1, 2, 0).copy())
         np.testing.assert_allclose(logits[index : index + 1], expected, atol=1e-4)
+
+
+def _untrained_module() -> SegmentationModule:
+    """A 4-wide U-Net module built directly (no training): enough to check the export mechanics."""
+    net = build_model("unet", width=4, depth=3)
+    module = SegmentationModule(net=net, loss=CompositeLoss({"bce": {}}), inference={"tile_size": 64, "overlap": 16})
+    module.run_config = {"data": {"mpp": 0.5}}
+    return module.eval()
+
+
+@pytest.mark.slow
+def test_torchscript_export_of_a_module_built_directly(tmp_path: Path):
+    result = export_network(tmp_path / "unused", "torchscript", tmp_path, module=_untrained_module())
+    metadata = json.loads(result.metadata_path.read_text())
+    assert result.max_abs_difference < 1e-5 and metadata["resolution_mpp"] == 0.5
+    assert metadata["stain_normalization"] is None and metadata["verification"]["shape"] == [1, 3, 64, 64]
+
+
+def test_onnx_without_its_extra_names_the_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ExportError, match=r"pip install 'nucseg\[export\]'"):
+        export_network(tmp_path / "unused", "onnx", tmp_path, module=_untrained_module())
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

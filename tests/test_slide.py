@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,9 @@ from nucseg.inference import sliding_window_predict
 from nucseg.inference.streaming import stream_logits
 from nucseg.io import SlideError, WholeSlide, open_slide
 
-pytest.importorskip("tiffslide")
+needs_tiffslide = pytest.mark.skipif(
+    importlib.util.find_spec("tiffslide") is None, reason="whole-slide reading needs the 'wsi' extra (tiffslide)"
+)
 
 MPP = 0.25
 HEIGHT, WIDTH = 750, 1000  # level 2 has 188 rows: a non-integer downsample in y (750 / 188)
@@ -75,6 +79,7 @@ def subifd_slide(tmp_path: Path, levels: list[np.ndarray]) -> Path:
     return write_subifd_pyramid(tmp_path / "slide.tif", levels)
 
 
+@needs_tiffslide
 def test_levels_resolution_and_nearest_level(subifd_slide: Path):
     with open_slide(subifd_slide) as slide:
         assert slide.level_count == 3
@@ -85,6 +90,7 @@ def test_levels_resolution_and_nearest_level(subifd_slide: Path):
         assert [slide.level_for_mpp(m) for m in (0.25, 0.3, 0.4, 0.5, 0.9, 5.0)] == [0, 0, 1, 1, 2, 2]
 
 
+@needs_tiffslide
 def test_region_reader_reads_exact_pixels_of_its_level(subifd_slide: Path, levels: list[np.ndarray]):
     with WholeSlide(subifd_slide) as slide:
         for level, pixels in enumerate(levels):
@@ -102,6 +108,7 @@ def test_region_reader_reads_exact_pixels_of_its_level(subifd_slide: Path, level
             reader.read(180, 0, 10, 10)
 
 
+@needs_tiffslide
 def test_aperio_layout_and_mpp_from_the_description(tmp_path: Path, levels: list[np.ndarray], caplog):
     with WholeSlide(write_svs_like(tmp_path / "case.svs", levels)) as slide:
         assert slide.level_count == 3 and slide.mpp == pytest.approx(MPP)
@@ -111,6 +118,7 @@ def test_aperio_layout_and_mpp_from_the_description(tmp_path: Path, levels: list
         np.testing.assert_array_equal(reader.read(10, 20, 30, 40), levels[1][10:40, 20:60])
 
 
+@needs_tiffslide
 def test_missing_resolution_needs_mpp_and_unknown_files_name_the_fix(tmp_path: Path, levels: list[np.ndarray]):
     path = write_subifd_pyramid(tmp_path / "bare.tif", levels, mpp=None)
     with WholeSlide(path) as slide:
@@ -132,6 +140,7 @@ def test_missing_resolution_needs_mpp_and_unknown_files_name_the_fix(tmp_path: P
         WholeSlide(tmp_path / "junk.svs")
 
 
+@needs_tiffslide
 def test_tissue_mask_finds_the_tissue_block(subifd_slide: Path, tmp_path: Path):
     with WholeSlide(subifd_slide) as slide:
         tissue = slide.tissue_mask(max_side=200)
@@ -147,6 +156,7 @@ def test_tissue_mask_finds_the_tissue_block(subifd_slide: Path, tmp_path: Path):
         assert not slide.tissue_mask(max_side=128).mask.any()
 
 
+@needs_tiffslide
 def test_streaming_a_slide_level_equals_predicting_it_whole(subifd_slide: Path, levels: list[np.ndarray]):
     net = DarknessNet().eval()
     with WholeSlide(subifd_slide) as slide:
@@ -158,3 +168,10 @@ def test_streaming_a_slide_level_equals_predicting_it_whole(subifd_slide: Path, 
     ).numpy()
     assert streamed.shape == whole.shape == (1, 375, 500)
     np.testing.assert_allclose(streamed, whole, atol=1e-4)
+
+
+def test_without_tiffslide_opening_says_which_extra_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "tiffslide", None)  # import fails as if not installed
+    (tmp_path / "slide.svs").write_bytes(b"")
+    with pytest.raises(SlideError, match=r"needs tiffslide \(pip install 'nucseg\[wsi\]'\)"):
+        WholeSlide(tmp_path / "slide.svs")

@@ -126,9 +126,10 @@ def export_torchscript(network: PreprocessedNetwork, example: torch.Tensor, path
 def export_onnx(network: PreprocessedNetwork, example: torch.Tensor, path: Path, opset: int = ONNX_OPSET) -> Any:
     """Export through torch's TorchScript-based ONNX exporter (no onnxscript needed); free B, H, W."""
     try:
+        import onnx  # noqa: F401 - torch's exporter writes through it
         import onnxruntime
     except ImportError as error:
-        raise ExportError("ONNX export is checked with onnxruntime: pip install 'nucseg[export]'") from error
+        raise ExportError("ONNX export needs onnx and onnxruntime: pip install 'nucseg[export]'") from error
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
