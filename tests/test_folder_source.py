@@ -68,6 +68,11 @@ def test_holes_multipolygons_overlaps_and_skipped_points(tmp_path, caplog):
     assert [(labels == k).sum() for k in (1, 2, 3)] == [32 - 4 - 2, 3, 6]  # hole rows 3..4 leave 2 of col 6
     assert labels[3, 3] == 0 and labels[0, 9] == 2 and labels[9, 0] == 2 and labels[1, 6] == 3
 
+    cell = _feature({"type": "Polygon", "coordinates": [_square(0, 0, 10, 10)]}, object_type="cell")
+    cell["nucleusGeometry"] = {"type": "Polygon", "coordinates": [_square(4, 4, 6, 6)]}
+    cell_labels = geojson_to_instance_labels(_write(tmp_path / "cell.geojson", [cell]), (10, 10))
+    assert (cell_labels == 1).sum() == 4 and cell_labels[4:6, 4:6].all()  # the nucleus, not the cell
+
     only_detections = geojson_to_instance_labels(path, (10, 10), object_types=["detection"])
     assert only_detections.max() == 1 and (only_detections == 1).sum() == 3
     only_tumor = geojson_to_instance_labels(path, (10, 10), classes=["Tumor"])

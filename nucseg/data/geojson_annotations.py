@@ -6,7 +6,8 @@ with some scripts, a bare list of ``Feature`` objects). Every feature with a ``P
 ``MultiPolygon`` share one id. Annotations and detections (``properties.objectType``) are both
 read unless ``object_types`` says otherwise; ``classes`` keeps only features whose
 ``properties.classification.name`` is listed. Other geometries (points, lines) enclose no area:
-they are skipped and counted in one logged warning.
+they are skipped and counted in one logged warning. QuPath cell objects are read by their
+``nucleusGeometry`` (the nucleus), not by their cell outline.
 
 Pixel convention. QuPath's coordinates are in pixels of the full-resolution image, with (0, 0)
 the top-left *corner* of the top-left pixel, so the pixel at row ``r``, column ``c`` has its
@@ -95,7 +96,8 @@ def read_geojson_shapes(
             continue
         if classes is not None and classification not in classes:
             continue
-        geometry = feature.get("geometry") or {}
+        # QuPath cells carry their nucleus as ``nucleusGeometry`` beside the cell outline.
+        geometry = feature.get("nucleusGeometry") or properties.get("nucleusGeometry") or feature.get("geometry") or {}
         kind = geometry.get("type")
         if kind not in AREA_GEOMETRIES:
             skipped[str(kind)] = skipped.get(str(kind), 0) + 1
