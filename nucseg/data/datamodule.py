@@ -191,6 +191,13 @@ class NucleiDataModule(L.LightningDataModule):
         return _select(training_folder or self.source.load_split("train"), names, "test", self.split_protocol)
 
     def _split_validation(self, training: list[AnnotatedImage]) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
+        """The source's own validation images when it names them (``validation_names()``, e.g. a
+        folder's splits.json), else the protocol's validation strategy."""
+        names_of = getattr(self.source, "validation_names", None)
+        named = names_of() if callable(names_of) else None
+        if named:
+            held_out = set(named)
+            return [i for i in training if i.name not in held_out], [i for i in training if i.name in held_out]
         return split_train_val(
             training,
             self.num_val_images,
