@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast train compare tensorboard tensorboard-check bench lint clean
+.PHONY: help venv demo test test-fast train check-data compare tensorboard tensorboard-check bench lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test-fast: $(STAMP) ## Run the tests not marked slow
 
 train: $(STAMP) ## Train with the defaults (ARGS="model=resunet ..." to override)
 	$(PY) train.py $(ARGS)
+
+check-data: $(STAMP) ## Check a MoNuSeg root (ROOT=path; default: the MONUSEG_ROOT variable): every problem at once, exit 2 if any
+	$(PY) -m nucseg.data.check $(ROOT)
 
 compare: $(STAMP) ## Compare the runs of the newest multirun (or DIRS="logs/multiruns/...")
 	$(PY) -m nucseg.compare $(DIRS)

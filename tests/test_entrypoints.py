@@ -77,6 +77,7 @@ def test_missing_test_split_fails_before_any_training_step(compose_train, tmp_pa
     assert status["status"] == "failed" and "test split folder not found" in status["error"]
 
 
+@pytest.mark.slow
 def test_data_check_result_and_provenance_are_recorded(compose_train, tmp_path):
     root = make_clean_root(tmp_path / "monuseg", num_train=3)
     cfg = compose_train(
@@ -90,7 +91,7 @@ def test_data_check_result_and_provenance_are_recorded(compose_train, tmp_path):
     assert metrics["data_check"]["ok"] and metrics["data_check"]["images"] == {"train": 3, "test": 1}
     provenance = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert set(provenance["data_files_sha256"]) >= {"train/images/good0.tif", "test/annotations/testgood.xml"}
-    assert provenance["versions"]["torch"] == torch.__version__.split("+")[0] or provenance["versions"]["torch"]
+    assert provenance["versions"]["torch"] and provenance["versions"]["python"]
     assert provenance["config"]["data"]["root"] == str(root)
     assert "commit" in provenance["git"]
 

@@ -63,7 +63,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_same_metrics(tmp
     expected = json.loads((tmp_path / "uninterrupted" / "metrics.json").read_text())
 
     killed = tmp_path / "killed"
-    stall = [f"+callbacks.stall._target_=stall_callback.StallAfterFirstCheckpoint", f"+callbacks.stall.marker={marker}"]
+    stall = ["+callbacks.stall._target_=stall_callback.StallAfterFirstCheckpoint", f"+callbacks.stall.marker={marker}"]
     process = subprocess.Popen(
         _command(killed, tmp_path, *stall), cwd=REPO_ROOT, env=_env(tmp_path),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -8,6 +8,11 @@ Expected layout under the data root (see the data set's README)::
 
 Each image needs an XML annotation or a label map; where both exist the XML is used, because it
 is the original annotation and label maps are derived from it.
+
+This module reads one file at a time and stops at the first problem; :mod:`nucseg.data.check`
+checks a whole root first (``python -m nucseg.data.check ROOT``), reporting every problem at once
+and listing what is converted or skipped (the XML-over-label-map choice, orphan annotations,
+alpha / greyscale / 16-bit images, clipped or degenerate regions). Training runs it first.
 """
 
 from __future__ import annotations
