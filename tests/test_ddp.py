@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT, TINY_OVERRIDES
 
 from nucseg.data.samplers import evaluation_sampler
@@ -98,3 +99,49 @@ def test_ddp_on_two_cpu_processes_tests_like_one_process(tmp_path):
     single = json.loads((single_dir / "metrics.json").read_text())["test"]
     for key in SPLIT_INDEPENDENT:
         assert distributed[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_ddp_spawn_inside_a_multirun_writes_one_folder_per_job(tmp_path):
+    """The local multirun path: spawned processes do not re-run the sweep."""
+    sweep = tmp_path / "sweep"
+    overrides = [
+        *[o for o in TINY_OVERRIDES if "widths" not in o],
+        "+widths={unet: 4}",
+        "data.source.num_test_images=3",
+        "data.source.num_train_images=5",
+        "data.num_val_images=2",
+        "data.source.image_size=64",
+        "data.patch_size=32",
+        "module.inference.tile_size=32",
+        "module.inference.overlap=8",
+        "trainer=ddp_spawn",
+        "+callbacks.unshare_metric_states._target_=nucseg.distributed.UnshareMetricStates",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.sync_batchnorm=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUCSEG_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "seed=1", *overrides], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir() and not path.name.startswith("."))
+    assert len(jobs) == 1 and jobs[0].startswith("0_"), jobs
+    assert json.loads((sweep / jobs[0] / "metrics.json").read_text())["test"]["num_images"] == 3
+    assert len(list(tmp_path.glob("**/multirun.yaml"))) == 1, "one sweep, not one per process"
+
+
+def test_unshare_metric_states_gives_each_state_its_own_storage():
+    from torchmetrics import MeanMetric, SumMetric
+
+    from nucseg.distributed import unshare_metric_states
+
+    module = torch.nn.ModuleDict({"sum": SumMetric(), "mean": MeanMetric()})
+    shared = [module["sum"].sum_value, module["mean"].mean_value]
+    assert unshare_metric_states(module) == 3  # sum_value, mean_value, weight
+    module["sum"].update(2.0)
+    assert float(shared[0]) == 0.0 and float(module["sum"].compute()) == 2.0
