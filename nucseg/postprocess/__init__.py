@@ -7,7 +7,13 @@ for an image in memory: connected components for ``binary``, marker-controlled w
 
 from nucseg.postprocess.instances import StreamingLabeler, foreground, label_instances
 from nucseg.postprocess.tuning import DEFAULT_GRIDS, tune_on_validation, tune_postprocess
-from nucseg.postprocess.watershed import DEFAULT_PARAMS, POSTPROCESS_TARGETS, default_params, marker_watershed, postprocess
+from nucseg.postprocess.watershed import (
+    DEFAULT_PARAMS,
+    POSTPROCESS_TARGETS,
+    default_params,
+    marker_watershed,
+    postprocess,
+)
 
 __all__ = [
     "DEFAULT_GRIDS",
