@@ -53,6 +53,11 @@ def target_foreground_probability(probabilities: torch.Tensor, target: str) -> t
     return probabilities[:, :1]
 
 
+def loss_target(batch: Mapping[str, Any]) -> torch.Tensor:
+    """The batch's ``target``; a batch without one (made by hand, binary) is scored on its ``mask``."""
+    return batch["target"] if "target" in batch else batch["mask"]
+
+
 class SegmentationModule(L.LightningModule):
     """Nucleus segmentation for one training target (binary, contour or distance).
 
@@ -170,7 +175,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
         logits = self(images)
-        loss = self.loss(logits, batch["target"])
+        loss = self.loss(logits, loss_target(batch))
         batch_size = images.shape[0]
         self.log("train/loss_step", loss.total, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         self.log("train/loss", loss.total, on_step=False, on_epoch=True, batch_size=batch_size)
@@ -186,7 +191,7 @@ class SegmentationModule(L.LightningModule):
         images = batch["image"]
         options = self.validation_inference_kwargs if stage == "val" else self.inference_kwargs
         logits = sliding_window_predict(images, self, **options)
-        loss = self.loss(logits, batch["target"])
+        loss = self.loss(logits, loss_target(batch))
         self.log(f"{stage}/loss", loss.total, on_step=False, on_epoch=True, batch_size=images.shape[0])
         for name, value in loss.terms.items():
             self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=images.shape[0])
@@ -197,7 +202,7 @@ class SegmentationModule(L.LightningModule):
         foreground = self.foreground_probability(probabilities)
         self.val_metrics.update(foreground, batch["mask"].int())
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=logits.shape[0])
-        if self.val_instance_metrics:
+        if self.val_instance_metrics and "instance_labels" in batch:
             for index in range(len(probabilities)):
                 self._val_records.append(self._instance_record(probabilities[index], batch["instance_labels"][index]))
         if batch_idx < self.num_logged_images:
@@ -226,15 +231,17 @@ class SegmentationModule(L.LightningModule):
         names = batch.get("name") or [f"image_{batch_idx}_{index}" for index in range(len(logits))]
         for index, name in enumerate(names):
             record = {"name": str(name), **self._pixel_record(foreground[index], batch["mask"][index])}
-            record.update(self._instance_record(probabilities[index], batch["instance_labels"][index]))
+            if "instance_labels" in batch:
+                record.update(self._instance_record(probabilities[index], batch["instance_labels"][index]))
             self.test_records.append(record)
 
     def on_test_epoch_end(self) -> None:
         for name, value in self.test_per_image.compute().items():
             self.log(f"test/{name}", value)
         self.test_per_image.reset()
-        if self.test_records:
-            aggregated = aggregate_scores(self.test_records)
+        scored = [record for record in self.test_records if "aji" in record]
+        if scored:
+            aggregated = aggregate_scores(scored)
             for metric in LOGGED_INSTANCE_METRICS:
                 for key in (metric, f"{metric}_per_image"):
                     if key in aggregated:
