@@ -110,3 +110,20 @@ def test_tuner_picks_the_marker_threshold_that_splits_the_discs():
     assert table[1]["aji"] > 0.9 > table[0]["aji"]
     with pytest.raises(ValueError, match="as many label maps"):
         tune_postprocess([probabilities], [], grid, target="contour")
+
+
+def test_tune_on_validation_predicts_the_validation_images_and_applies_the_best(compose_train):
+    from hydra.utils import instantiate
+
+    from nucseg.pipeline import build_module
+    from nucseg.postprocess import tune_on_validation
+
+    cfg = compose_train(["target=contour"])
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    grid = {"marker_threshold": [0.3, 0.6]}
+    best, table = tune_on_validation(module, datamodule, grid)
+    assert len(table) == 2 and {"marker_threshold", "aji", "pq"} <= set(table[0])
+    assert best["marker_threshold"] in (0.3, 0.6)
+    assert module.postprocess_params == best
+    assert [image.name for image in datamodule.val_images] and not datamodule.test_images, "never the test set"

@@ -119,3 +119,30 @@ def _count_components(mask: np.ndarray) -> int:
     from scipy import ndimage
 
     return int(ndimage.label(mask)[1])
+
+
+@pytest.mark.parametrize(("option", "channels", "loss_terms"), [
+    ("binary", 1, {"bce", "focal", "dice"}),
+    ("contour", 3, {"ce", "multiclass_dice"}),
+    ("distance", 2, {"bce", "mse"}),
+])
+def test_every_target_option_composes_into_data_model_loss_and_module(compose_train, option, channels, loss_terms):
+    from hydra.utils import instantiate
+
+    from nucseg.pipeline import build_module
+
+    cfg = compose_train([f"target={option}"])
+    assert cfg.model.net.classes == channels == cfg.target.out_channels
+    assert set(cfg.loss.terms) == loss_terms
+    datamodule = instantiate(cfg.data)
+    assert datamodule.target.name == option and datamodule.target.out_channels == channels
+    module = build_module(cfg)
+    assert module.target == option
+    assert module.postprocess_params == dict(cfg.target.postprocess)
+
+
+def test_boundary_width_reaches_the_data_module(compose_train):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["target=contour", "target.boundary_width_px=3"])
+    assert instantiate(cfg.data).target.boundary_width_px == 3
