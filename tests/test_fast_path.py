@@ -39,8 +39,9 @@ def test_device_crops_match_the_loader_crops_in_shape_dtype_and_count():
     item = reference[0]
     for batch in batches:
         assert batch["image"].dtype == item["image"].dtype == torch.uint8
-        assert batch["mask"].dtype == item["mask"].dtype
-        assert batch["image"].shape[1:] == item["image"].shape and batch["mask"].shape[1:] == item["mask"].shape
+        assert batch["instance_labels"].dtype == item["instance_labels"].dtype == torch.int32
+        assert batch["image"].shape[1:] == item["image"].shape
+        assert batch["instance_labels"].shape[1:] == item["instance_labels"].shape
     names = Counter(name for batch in batches for name in batch["name"])
     assert names == {"img0": 5, "img1": 5, "img2": 5}, "each image patches_per_image times an epoch"
 
@@ -53,7 +54,7 @@ def test_device_crop_is_the_slice_of_its_image():
         pixels = torch.from_numpy(images[index].image[top : top + 8, left : left + 8].transpose(2, 0, 1).copy())
         mask = torch.from_numpy(images[index].mask[top : top + 8, left : left + 8].copy())
         assert torch.equal(batch["image"][row], pixels)
-        assert torch.equal(batch["mask"][row, 0], mask)
+        assert torch.equal((batch["instance_labels"][row, 0] > 0).to(torch.uint8), mask)
 
 
 def test_device_crops_cover_the_images_like_random_loader_crops():
@@ -63,11 +64,11 @@ def test_device_crops_cover_the_images_like_random_loader_crops():
     crops = DeviceResidentCrops(images, patch_size=8, patches_per_image=400, batch_size=100)
     batches = list(crops)
     pixels = torch.cat([b["image"] for b in batches]).float()
-    masks = torch.cat([b["mask"] for b in batches]).float()
+    masks = torch.cat([b["instance_labels"] > 0 for b in batches]).float()
     # Uniform crop positions weigh border pixels less; compare with the loader's crops, not the images.
     reference = RandomPatchDataset(images, patch_size=8, patches_per_image=400)
     ref_pixels = torch.stack([reference[i]["image"] for i in range(len(reference))]).float()
-    ref_masks = torch.stack([reference[i]["mask"] for i in range(len(reference))]).float()
+    ref_masks = torch.stack([reference[i]["instance_labels"] > 0 for i in range(len(reference))]).float()
     assert pixels.mean().item() == pytest.approx(ref_pixels.mean().item(), abs=1.5)
     assert masks.mean().item() == pytest.approx(ref_masks.mean().item(), abs=0.02)
 
@@ -107,7 +108,7 @@ def test_loader_options_reach_the_loader_and_keep_its_batches(compose_train):
     assert loader.pin_memory is False and loader.persistent_workers is False  # no workers, nothing to keep
     pinned, loader = first_batch(["data.pin_memory=true"])
     assert loader.pin_memory is True
-    assert torch.equal(plain["image"], pinned["image"]) and torch.equal(plain["mask"], pinned["mask"])
+    assert torch.equal(plain["image"], pinned["image"]) and torch.equal(plain["instance_labels"], pinned["instance_labels"])
     _, loader = first_batch(["data.num_workers=1", "data.persistent_workers=true"])
     assert loader.persistent_workers is True
 

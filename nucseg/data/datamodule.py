@@ -25,6 +25,7 @@ from nucseg.data.samplers import evaluation_sampler
 from nucseg.data.sources import ImageSource, MonusegSource
 from nucseg.data.splits import VAL_STRATEGIES, SplitError, SplitProtocol, choose_validation, load_protocol
 from nucseg.data.stain import IdentityStainNormalizer, StainNormalizationCache, normalize_images
+from nucseg.data.targets import BinaryTarget, Target, build_target
 from nucseg.data.types import AnnotatedImage
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,10 @@ class NucleiDataModule(L.LightningDataModule):
         device_resident: hold the training images in one uint8 tensor on the device and cut
             the crops there (:class:`~nucseg.data.device_dataset.DeviceResidentCrops`): no
             loader workers and no per-batch copy; needs training images of one size.
+        target: the training target made from the instance labels on the device
+            (:mod:`nucseg.data.targets`): a target object, or the options of
+            :func:`~nucseg.data.targets.build_target` (``{"name": "contour", ...}``); ``None``:
+            binary foreground.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class NucleiDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         device_resident: bool = False,
+        target: Target | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -149,6 +155,11 @@ class NucleiDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.device_resident = device_resident
+        if target is None:
+            target = BinaryTarget()
+        elif isinstance(target, Mapping):
+            target = build_target(**target)
+        self.target = target
         self.train_images: list[AnnotatedImage] = []
         self.val_images: list[AnnotatedImage] = []
         self.test_images: list[AnnotatedImage] = []
@@ -289,13 +300,26 @@ class NucleiDataModule(L.LightningDataModule):
 
     # -- device side -------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """uint8 → float in [0, 1] on the device, then training-only augmentation there."""
+        """uint8 → float in [0, 1] on the device, training-only augmentation there, then targets.
+
+        The instance labels are augmented as float32 ids with nearest sampling (exact), and the
+        binary ``mask`` and the training ``target`` are derived from the augmented labels, so a
+        rotation never blurs a boundary. Every batch leaves with ``image`` (B, 3, H, W) float,
+        ``instance_labels`` (B, 1, H, W) int32, ``mask`` (B, 1, H, W) float in {0, 1} and
+        ``target`` (the target's own form, see :mod:`nucseg.data.targets`).
+        """
         image = batch["image"].float().div_(255.0)
-        mask = batch["mask"].float()
+        labels = batch["instance_labels"].float()
         trainer = self.trainer
         if self.augmentation is not None and trainer is not None and trainer.training:
-            image, mask = self.augmentation(image, mask)
-        return {**batch, "image": image, "mask": mask}
+            image, labels = self.augmentation(image, labels)
+        return {
+            **batch,
+            "image": image,
+            "instance_labels": labels.int(),
+            "mask": (labels > 0).float(),
+            "target": self.target(labels),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted stain reference goes into Lightning checkpoints with the data module."""

@@ -5,7 +5,7 @@ uint8), so copying them once and cutting each batch's random crops with one gath
 removes the data loader from the step: no worker processes, no pinned staging buffers, no
 host-to-device copy per batch. The crops follow :class:`~nucseg.data.datasets.RandomPatchDataset`:
 each epoch is a random order of every image repeated ``patches_per_image`` times, each crop at a
-uniform random position, uint8 image and mask; the DataModule's ``on_after_batch_transfer``
+uniform random position, uint8 image and int32 instance labels; the DataModule's ``on_after_batch_transfer``
 converts and augments them as it does for loader batches.
 """
 
@@ -66,7 +66,7 @@ class DeviceResidentCrops:
             )
         self.device = torch.device(device)
         self.images = torch.stack([pixels for pixels, _ in tensors]).to(self.device)  # (N, 3, H, W) uint8
-        self.masks = torch.stack([mask for _, mask in tensors]).to(self.device)  # (N, 1, H, W) uint8
+        self.instance_labels = torch.stack([labels for _, labels in tensors]).to(self.device)  # (N, 1, H, W) int32
         self.names = [image.name for image in images]
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
@@ -93,14 +93,14 @@ class DeviceResidentCrops:
             left: (B,) int64 first columns.
 
         Returns:
-            ``{"image": (B, 3, P, P) uint8, "mask": (B, 1, P, P) uint8}`` on the device.
+            ``{"image": (B, 3, P, P) uint8, "instance_labels": (B, 1, P, P) int32}`` on the device.
         """
         rows = (top[:, None] + self._offsets)[:, None, :, None]  # (B, 1, P, 1)
         cols = (left[:, None] + self._offsets)[:, None, None, :]  # (B, 1, 1, P)
         batch = image_index[:, None, None, None]
         image = self.images[batch, torch.arange(3, device=self.device)[None, :, None, None], rows, cols]
-        mask = self.masks[batch, torch.zeros(1, 1, 1, 1, dtype=torch.long, device=self.device), rows, cols]
-        return {"image": image, "mask": mask}
+        labels = self.instance_labels[batch, torch.zeros(1, 1, 1, 1, dtype=torch.long, device=self.device), rows, cols]
+        return {"image": image, "instance_labels": labels}
 
     def __iter__(self) -> Iterator[dict[str, object]]:
         count = len(self.names)
