@@ -21,15 +21,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from nucseg.callbacks import NonFiniteLossGuard, TrainingProgress, TrainingSpeed
+from nucseg.checkpoint import store_module_options
 from nucseg.data.check import check_data_source
 from nucseg.hardware import log_choice, resolve_precision
 from nucseg.models import count_parameters
+from nucseg.postprocess.tuning import tune_on_validation
+from nucseg.results import json_safe_records, summarise_subsets
 from nucseg.resume import AtomicCheckpointIO, RandomStateCheckpoint, finished_metrics, resume_checkpoint
 from nucseg.utils.atomic import atomic_write_json
 from nucseg.utils.provenance import write_provenance
@@ -168,6 +172,35 @@ def check_data(cfg: DictConfig, datamodule: Any) -> Any:
     )
 
 
+def tune_postprocessing(
+    cfg: DictConfig, module: L.LightningModule, datamodule: Any, best_path: str | None, write: bool
+) -> dict[str, Any] | None:
+    """Choose the post-processing parameters by mean AJI on the validation images (``tune_postprocess``).
+
+    The best-on-validation weights are loaded first, so the parameters are tuned for the network
+    the test scores; the choice is set on the module for the test and written into the best
+    checkpoint's stored config (``write``: rank 0), so ``evaluate.py`` and ``predict`` use it.
+    The test split is never looked at. Returns what ``metrics.json`` records, or None when off.
+    """
+    if not cfg.get("tune_postprocess", True) or not getattr(datamodule, "val_images", None):
+        return None
+    if best_path:
+        state = torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    best, table = tune_on_validation(module, datamodule)
+    if best_path and write:
+        store_module_options(best_path, postprocess=best)
+    chosen = max(table, key=lambda row: row["aji"])
+    return {
+        "params": best,
+        "chosen_on": "validation",
+        "validation_images": [image.name for image in datamodule.val_images],
+        "validation_aji": chosen["aji"],
+        "validation_pq": chosen["pq"],
+        "grid": table,
+    }
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -202,15 +235,20 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if best_path is None:
         log.warning("no best checkpoint was recorded; testing the last weights")
     validation = validation_summary(str(cfg.get("optimized_metric") or "val/dice"), checkpoint, trainer)
+    postprocess = tune_postprocessing(cfg, module, datamodule, best_path, trainer.is_global_zero)
     test_results = collect_test_results(trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=False))
+    per_image = json_safe_records(module.test_records)
 
     metrics: dict[str, Any] = {
         "model": cfg.model.name,
         "run_name": run_dir.name,
         "status": "finished",
         "seed": int(cfg.seed),
+        "protocol": getattr(datamodule, "protocol", None),
         "validation": validation,
-        "test": with_image_count(test_results),
+        "postprocess": postprocess,
+        "test": {**with_image_count(test_results), "per_image": per_image},
+        "test_summary": summarise_subsets(per_image, getattr(datamodule, "test_subsets", {}) or {}),
         "params": count_parameters(module.net),
         "train_time_s": round(train_seconds, 2),
         "train_patches_per_s": round(speed.patches_per_second, 3),
