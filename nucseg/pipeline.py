@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -35,6 +37,7 @@ from nucseg.models import count_parameters
 from nucseg.postprocess.tuning import tune_on_validation
 from nucseg.results import json_safe_records, summarise_subsets
 from nucseg.resume import AtomicCheckpointIO, RandomStateCheckpoint, finished_metrics, resume_checkpoint
+from nucseg.sweep import check_multirun_strategy
 from nucseg.utils.atomic import atomic_write_json
 from nucseg.utils.provenance import write_provenance
 
@@ -201,7 +204,17 @@ def tune_postprocessing(
     }
 
 
+def _check_launch(cfg: DictConfig) -> None:
+    """Refuse ``strategy=ddp`` inside a local ``-m`` sweep (see :func:`nucseg.sweep.check_multirun_strategy`)."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    launcher = hydra_cfg.launcher.get("_target_") if hydra_cfg.get("launcher") else None
+    check_multirun_strategy(cfg.trainer, hydra_cfg.mode == RunMode.MULTIRUN, launcher)
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    _check_launch(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     data_check = check_data(cfg, datamodule)
