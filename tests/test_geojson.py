@@ -135,7 +135,7 @@ def test_polygon_areas_match_pixel_counts_and_cover_the_nuclei() -> None:
         x, y = ring[:, 0], ring[:, 1]
         area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
         pixels = np.count_nonzero(labels == index)
-        assert feature["properties"]["measurements"]["Area px"] == pixels
+        assert feature["properties"]["measurements"]["Area px^2"] == pixels
         filled = np.count_nonzero(ndimage.binary_fill_holes(labels == index))  # holes are not rings
         assert abs(area - filled) <= max(2.0, 0.06 * filled), (index, area, filled)
         # rasterise the polygon at pixel centres: it should cover the nucleus
