@@ -63,6 +63,8 @@ class NucleiDataModule(L.LightningDataModule):
         batch_size: training crops per batch.
         num_workers: DataLoader workers (crops come from memory: 0 is usually fastest).
         augmentation: the device-side training augmentation (``None``: none).
+        mpp: pixel size of the images in µm (recorded in the run config, so that ``predict``
+            resamples other images to it; not used in training).
     """
 
     def __init__(
@@ -78,9 +80,11 @@ class NucleiDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         augmentation: SegmentationAugmentation | None = None,
+        mpp: float | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.mpp = mpp
         self.stain_normalizer = stain_normalizer if stain_normalizer is not None else IdentityStainNormalizer()
         self.stain_reference = stain_reference
         self.cache = StainNormalizationCache(cache_dir) if cache_dir is not None else None
