@@ -7,6 +7,13 @@ cannot be read by region) but everything after reading is streamed. Either way a
 one stain transform: a streamed image's source stains are estimated once, on a thumbnail of at
 most ``overview_pixels`` pixels, and that fixed transform is applied to every block (see
 ``streaming.py``), so the result does not depend on how the image is cut into blocks.
+
+Pixel size. The network is run at the pixel size it was trained at: an input whose pixel size
+(``--mpp`` or its metadata) differs from the model's by more than ``RESAMPLE_TOLERANCE`` is
+resampled (``ResampledRegionReader``, region by region, so streaming works the same), nuclei are
+post-processed and measured on that grid, and the outputs are mapped back to the input's pixel
+grid (``nucseg.inference.outputs``). Stains are estimated on the input as read: they do not
+depend on the pixel size.
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ That one estimate is then applied to every block (``MacenkoStainNormalizer.apply
 so blocks join without seams). A thumbnail with too little tissue makes the whole image fall
 back to its raw pixels, logged and counted once for the image, not per block.
 
+Resampling. ``ResampledRegionReader`` presents an image at another pixel size (the model's) as
+a region reader: each region is interpolated from the source pixels it needs with
+``linear_weights`` (bilinear, antialiased when shrinking), which depend only on the output
+position, so a resampled image streams in blocks exactly as it would be resampled whole.
+
 ``RawRowFile`` keeps rows of an intermediate result (probabilities, provisional labels) in a
 temporary file on disk, so later passes can read any rows back without holding the image.
 """
