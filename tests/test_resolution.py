@@ -246,3 +246,14 @@ def test_streamed_resampled_prediction_equals_in_memory(tmp_path: Path) -> None:
     )
     assert np.abs(difference).max() <= 1
     assert (tmp_path / "m/x_nuclei.csv").read_text() == (tmp_path / "s/x_nuclei.csv").read_text()
+
+
+@pytest.mark.parametrize("data", ["synthetic", "monuseg"])
+def test_data_configs_record_their_pixel_size(compose_train, data: str) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train([f"data={data}"], tiny=data == "synthetic")
+    assert cfg.data.mpp == 0.25
+    assert model_pixel_size({"data": {"mpp": cfg.data.mpp}}) == 0.25
+    if data == "synthetic":
+        assert instantiate(cfg.data).mpp == 0.25  # the data module accepts (and keeps) the key
