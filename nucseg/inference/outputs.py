@@ -26,7 +26,9 @@ post-processes bands of rows with a halo (``HaloBandLabeller``), writes each nuc
 and measurements as soon as its band is done, and stores final labels and probabilities in
 temporary row files; pass 2 writes the rasters band by band from those files. Both give
 identical labels, masks, overlays and polygons for the same probabilities (and nuclei at most
-``max_object_rows`` tall).
+``max_object_rows`` tall). Memory of pass 1: ``band_rows + 2 * max_object_rows`` rows of the C
+float32 probabilities (512 rows by default: 2 KB per image column per channel) besides the
+prediction's own band.
 """
 
 from __future__ import annotations
