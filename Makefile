@@ -46,6 +46,7 @@ bench: $(STAMP) ## Benchmarks: inference (ours vs MONAI vs raw forward, streamin
 	$(PY) benchmarks/inference.py --rounds 3 --stream-size 5000 10000
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/train_throughput.py --models unet:32 resunet:32 linknet34 --modes fp32 fp32-cl bf16-cl
+	$(PY) benchmarks/instance_metrics.py
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from nucseg.data.augment import SegmentationAugmentation
 from nucseg.data.datamodule import NucleiDataModule, split_train_val
-from nucseg.data.datasets import RandomPatchDataset
+from nucseg.data.datasets import RandomPatchDataset, WholeImageDataset
 from nucseg.data.sources import SyntheticSource
 from nucseg.data.stain import build_stain_normalizer
 from nucseg.data.synthetic import make_synthetic_set
+from nucseg.data.targets import ContourTarget
 
 
 def test_validation_split_holds_out_whole_images_deterministically():
@@ -33,7 +35,20 @@ def test_random_patches_have_the_patch_size_and_come_from_every_image():
     items = [dataset[index] for index in range(len(dataset))]
     assert {item["name"] for item in items} == {image.name for image in images}
     assert all(item["image"].shape == (3, 48, 48) and item["image"].dtype == torch.uint8 for item in items)
-    assert all(set(item["mask"].unique().tolist()) <= {0, 1} for item in items)
+    for item, image in zip(items, images * 2, strict=True):
+        labels = item["instance_labels"]
+        assert labels.shape == (1, 48, 48) and labels.dtype == torch.int32
+        # ids renumbered 1..N per image: every crop id is one of the image's
+        assert set(labels.unique().tolist()) <= set(range(len(np.unique(image.instance_labels))))
+
+
+def test_whole_images_carry_their_instances_renumbered_from_one():
+    image = make_synthetic_set(1, seed=0, size=40)[0]
+    image.instance_labels = np.where(image.instance_labels > 0, image.instance_labels * 1000 + 7, 0).astype(np.int32)
+    item = WholeImageDataset([image])[0]
+    labels = item["instance_labels"][0].numpy()
+    assert np.array_equal(labels > 0, image.instance_labels > 0)
+    assert set(np.unique(labels).tolist()) == set(range(len(np.unique(image.instance_labels))))
 
 
 def _datamodule(tmp_path, **kwargs) -> NucleiDataModule:
@@ -64,8 +79,9 @@ def test_setup_normalises_once_and_a_second_data_module_reads_the_cache(tmp_path
 def test_batches_become_float_on_the_device_and_only_training_batches_are_augmented(tmp_path):
     datamodule = _datamodule(tmp_path, augmentation=SegmentationAugmentation(hflip_p=1.0, vflip_p=0, rot90_p=0, rotate_p=0))
     image = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 4, 4)
-    mask = (image[:, :1] % 2).to(torch.uint8)
-    batch = {"image": image, "mask": mask, "name": ["a", "b"]}
+    labels = (image[:, :1] % 3).to(torch.int32)  # ids 0, 1, 2
+    mask = (labels > 0).float()
+    batch = {"image": image, "instance_labels": labels, "name": ["a", "b"]}
     datamodule.trainer = SimpleNamespace(training=False)
     evaluated = datamodule.on_after_batch_transfer(batch, 0)
     assert evaluated["image"].dtype == torch.float32
@@ -73,7 +89,24 @@ def test_batches_become_float_on_the_device_and_only_training_batches_are_augmen
     datamodule.trainer = SimpleNamespace(training=True)
     trained = datamodule.on_after_batch_transfer(batch, 0)
     assert torch.allclose(trained["image"], (image.float() / 255).flip(-1))
-    assert torch.equal(trained["mask"], mask.float().flip(-1))
+    assert torch.equal(trained["mask"], mask.flip(-1))
+    assert torch.equal(trained["instance_labels"], labels.flip(-1))
+    assert torch.equal(trained["target"], mask.flip(-1)), "binary by default"
+
+
+def test_the_target_is_made_after_augmentation_from_the_augmented_labels(tmp_path):
+    augmentation = SegmentationAugmentation(hflip_p=0, vflip_p=0, rot90_p=0, rotate_p=1.0, rotate_degrees=40.0)
+    datamodule = _datamodule(tmp_path, augmentation=augmentation, target={"name": "contour", "boundary_width_px": 1})
+    labels = torch.zeros(2, 1, 24, 24, dtype=torch.int32)
+    labels[:, :, 4:12, 4:12] = 3
+    labels[:, :, 4:12, 12:20] = 8
+    batch = {"image": torch.zeros(2, 3, 24, 24, dtype=torch.uint8), "instance_labels": labels, "name": ["a", "b"]}
+    datamodule.trainer = SimpleNamespace(training=True)
+    torch.manual_seed(0)
+    out = datamodule.on_after_batch_transfer(batch, 0)
+    assert set(out["instance_labels"].unique().tolist()) <= {0, 3, 8}
+    assert torch.equal(out["target"], ContourTarget(1)(out["instance_labels"]))
+    assert torch.equal(out["mask"], (out["instance_labels"] > 0).float())
 
 
 def test_state_dict_carries_the_fitted_stain_reference(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -22,6 +23,7 @@ from nucseg.data.augment import SegmentationAugmentation
 from nucseg.data.datasets import RandomPatchDataset, WholeImageDataset
 from nucseg.data.sources import ImageSource, MonusegSource
 from nucseg.data.stain import IdentityStainNormalizer, StainNormalizationCache, normalize_images
+from nucseg.data.targets import BinaryTarget, Target, build_target
 from nucseg.data.types import AnnotatedImage
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ class NucleiDataModule(L.LightningDataModule):
         batch_size: training crops per batch.
         num_workers: DataLoader workers (crops come from memory: 0 is usually fastest).
         augmentation: the device-side training augmentation (``None``: none).
+        target: the training target made from the instance labels on the device
+            (:mod:`nucseg.data.targets`): a target object, or the options of
+            :func:`~nucseg.data.targets.build_target` (``{"name": "contour", ...}``); ``None``:
+            binary foreground.
         mpp: pixel size of the images in µm (recorded in the run config, so that ``predict``
             resamples other images to it; not used in training).
     """
@@ -80,6 +86,7 @@ class NucleiDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         augmentation: SegmentationAugmentation | None = None,
+        target: Target | dict[str, Any] | None = None,
         mpp: float | None = None,
     ) -> None:
         super().__init__()
@@ -95,6 +102,11 @@ class NucleiDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.augmentation = augmentation
+        if target is None:
+            target = BinaryTarget()
+        elif isinstance(target, Mapping):
+            target = build_target(**target)
+        self.target = target
         self.train_images: list[AnnotatedImage] = []
         self.val_images: list[AnnotatedImage] = []
         self.test_images: list[AnnotatedImage] = []
@@ -158,13 +170,26 @@ class NucleiDataModule(L.LightningDataModule):
 
     # -- device side -------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """uint8 → float in [0, 1] on the device, then training-only augmentation there."""
+        """uint8 → float in [0, 1] on the device, training-only augmentation there, then targets.
+
+        The instance labels are augmented as float32 ids with nearest sampling (exact), and the
+        binary ``mask`` and the training ``target`` are derived from the augmented labels, so a
+        rotation never blurs a boundary. Every batch leaves with ``image`` (B, 3, H, W) float,
+        ``instance_labels`` (B, 1, H, W) int32, ``mask`` (B, 1, H, W) float in {0, 1} and
+        ``target`` (the target's own form, see :mod:`nucseg.data.targets`).
+        """
         image = batch["image"].float().div_(255.0)
-        mask = batch["mask"].float()
+        labels = batch["instance_labels"].float()
         trainer = self.trainer
         if self.augmentation is not None and trainer is not None and trainer.training:
-            image, mask = self.augmentation(image, mask)
-        return {**batch, "image": image, "mask": mask}
+            image, labels = self.augmentation(image, labels)
+        return {
+            **batch,
+            "image": image,
+            "instance_labels": labels.int(),
+            "mask": (labels > 0).float(),
+            "target": self.target(labels),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted stain reference goes into Lightning checkpoints with the data module."""

@@ -4,7 +4,8 @@
 IoU = binary Jaccard, accuracy, precision, recall) that accumulates true/false positive counts
 over every pixel it sees: computed at epoch end it is the *pooled* value over all pixels of all
 images, not a mean of per-batch values. :class:`PerImageMetrics` gives the other convention,
-the mean over images of each image's own value.
+the mean over images of each image's own value. :mod:`nucseg.metrics.instance` scores nuclei
+(AJI, AJI+, PQ, object F1 and Dice).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 from torchmetrics.functional.classification import binary_accuracy, binary_f1_score, binary_jaccard_index
+
+from nucseg.metrics.instance import InstanceMetrics, aggregate_instance_metrics, instance_metrics
+
+__all__ = [
+    "InstanceMetrics",
+    "PerImageMetrics",
+    "aggregate_instance_metrics",
+    "build_pixel_metrics",
+    "instance_metrics",
+]
 
 
 def build_pixel_metrics(threshold: float = 0.5) -> MetricCollection:
