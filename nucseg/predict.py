@@ -64,14 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on CUDA)"
     )
     post = parser.add_argument_group("post-processing (default: the run's)")
-    post.add_argument("--threshold", type=float, help="foreground where probability > this")
+    post.add_argument("--threshold", type=float, help="foreground where probability >= this")
+    post.add_argument("--min-size", type=int, help="drop smaller nuclei, in pixels at the model's scale")
     post.add_argument(
-        "--min-size",
-        type=int,
-        help=f"drop smaller nuclei, in pixels at the model's scale (default {PostprocessSettings.min_size})",
-    )
-    post.add_argument(
-        "--connectivity", type=int, choices=[1, 2], help="1: 4-connected (default), 2: 8-connected"
+        "--connectivity", type=int, choices=[1, 2], help="binary runs: 1 4-connected, 2 8-connected"
     )
     post.add_argument(
         "--max-nucleus-rows",
@@ -195,9 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     defaults = dict(getattr(module, "inference_kwargs", {}) or {})
     tiling = _tiling_from(args, defaults)
-    settings = settings_from_model(
-        module, args.threshold, args.min_size, args.connectivity, max_object_rows=args.max_nucleus_rows
-    )
+    try:
+        settings = settings_from_model(
+            module, args.threshold, args.min_size, args.connectivity, max_object_rows=args.max_nucleus_rows
+        )
+    except ValueError as error:
+        print(f"error: {args.checkpoint}: {error}", file=sys.stderr)
+        return 2
     model_mpp = model_pixel_size(getattr(module, "run_config", None), str(args.checkpoint))
     if args.mpp is not None and not plausible(args.mpp):
         print(

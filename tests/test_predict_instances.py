@@ -9,7 +9,6 @@ import pytest
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-import nucseg.postprocess as postprocess_package
 from nucseg.inference.instances import (
     HaloBandLabeller,
     PostprocessSettings,
@@ -37,11 +36,19 @@ def blob_probabilities(height: int, width: int, seed: int = 0) -> np.ndarray:
     return field[None]
 
 
-def watershed_labeller(probabilities: np.ndarray) -> np.ndarray:
-    """A marker-controlled watershed, like the contour/distance post-processing: splits touching blobs."""
-    foreground = probabilities[0] > 0.3
-    markers, _ = ndimage.label(probabilities[0] > 0.8)
-    return watershed(-probabilities[0], markers, mask=foreground)
+def contour_probabilities(foreground: np.ndarray) -> np.ndarray:
+    """(3, H, W) background / interior / boundary probabilities of a blob map (touching blobs meet on a boundary)."""
+    blobs = foreground[0]
+    peaks = ndimage.label(blobs > 0.8)[0]
+    instances = watershed(-blobs, peaks, mask=blobs > 0.3)
+    interior = ndimage.binary_erosion(instances > 0, iterations=2) & (
+        ndimage.maximum_filter(instances, 3)
+        == ndimage.minimum_filter(np.where(instances > 0, instances, 10**6), 3)
+    )
+    boundary = (instances > 0) & ~interior
+    one_hot = np.stack([instances == 0, interior, boundary]).astype(np.float32)
+    smooth = np.stack([ndimage.gaussian_filter(channel, 0.7) for channel in one_hot]) + 1e-3
+    return smooth / smooth.sum(axis=0, keepdims=True)
 
 
 def stream(
@@ -63,13 +70,13 @@ def stream(
     return np.concatenate(rows)
 
 
-@pytest.mark.parametrize("labeller_name", ["components", "watershed"])
-def test_streamed_bands_neither_split_nor_merge_nuclei(labeller_name: str) -> None:
+@pytest.mark.parametrize("target", ["binary", "contour"])
+def test_streamed_bands_neither_split_nor_merge_nuclei(target: str) -> None:
+    """The run's own post-processing (components, watershed) streamed in bands with a halo."""
     probabilities = blob_probabilities(300, 260)
-    if labeller_name == "watershed":
-        labeller = watershed_labeller
-    else:
-        labeller = instance_function(PostprocessSettings(threshold=0.4, min_size=5))
+    if target == "contour":
+        probabilities = contour_probabilities(probabilities)
+    labeller = instance_function(PostprocessSettings(threshold=0.4, min_size=5, target=target))
     whole = canonical_labels(labeller(probabilities))
     assert whole.max() > 25
     # nuclei cross the band borders at rows 64, 128, 192
@@ -89,54 +96,43 @@ def test_halo_labeller_reports_nuclei_taller_than_the_halo(caplog: pytest.LogCap
     assert "taller than 16 rows" in caplog.text
 
 
-def test_fallback_threshold_is_strict_like_the_test_metrics() -> None:
-    probabilities = np.full((1, 4, 4), 0.5, np.float32)
-    probabilities[0, 0, 0] = 0.51
+def test_threshold_and_min_size_are_the_runs_postprocess_rule() -> None:
+    probabilities = np.full((1, 6, 6), 0.2, np.float32)
+    probabilities[0, 0, 0] = 0.5  # exactly at the threshold: foreground, as in the module's test
+    probabilities[0, 3:6, 3:6] = 0.9
     labels = instance_function(PostprocessSettings(threshold=0.5, min_size=1))(probabilities)
-    assert labels.sum() == 1 and labels[0, 0] == 1  # p == threshold is background, as in torchmetrics
+    assert labels.max() == 2 and labels[0, 0] == 1
+    labels = instance_function(PostprocessSettings(threshold=0.5, min_size=2))(probabilities)
+    assert labels.max() == 1 and np.count_nonzero(labels) == 9
 
 
-def test_min_size_drops_specks() -> None:
-    probabilities = np.zeros((1, 10, 10), np.float32)
-    probabilities[0, 1:3, 1:3] = 1  # 4 pixels
-    probabilities[0, 5:9, 5:9] = 1  # 16 pixels
-    labels = instance_function(PostprocessSettings(min_size=5))(probabilities)
-    assert labels.max() == 1 and np.count_nonzero(labels) == 16
-
-
-def test_run_postprocess_is_used_when_the_package_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-
-    def fake_postprocess(probabilities: np.ndarray, target: str, **params: object) -> np.ndarray:
-        calls.append((probabilities.shape, target, params))
-        return np.ones(probabilities.shape[1:], np.int32)
-
-    monkeypatch.setattr(postprocess_package, "postprocess", fake_postprocess, raising=False)
+def test_settings_follow_the_module_and_the_command_line() -> None:
     model = SimpleNamespace(
         threshold=0.5,
-        run_config={"module": {"target": "contour", "postprocess": {"min_distance": 3, "threshold": 0.4}}},
+        target="contour",
+        postprocess_params={"threshold": 0.4, "marker_threshold": 0.6},
+        run_config={},
     )
     settings = settings_from_model(model, min_size=7)
-    assert settings.target == "contour" and settings.threshold == 0.4
-    labels = instance_function(settings)(np.zeros((3, 5, 6), np.float32))
-    assert labels.shape == (5, 6)
-    assert calls == [((3, 5, 6), "contour", {"min_distance": 3, "threshold": 0.4, "min_size": 7})]
+    assert settings.target == "contour" and settings.threshold == 0.4 and settings.min_size == 7
+    assert settings.params["marker_threshold"] == 0.6 and settings.params["min_size"] == 7
+    assert instance_function(settings)(np.zeros((3, 5, 6), np.float32)).shape == (5, 6)
+    with pytest.raises(ValueError, match="binary runs"):
+        settings_from_model(model, connectivity=2)
 
 
-def test_contour_target_without_run_postprocess_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(postprocess_package, "postprocess", raising=False)
-    with pytest.raises(ValueError, match="contour"):
-        instance_function(PostprocessSettings(target="contour"))
-
-
-def test_old_runs_get_binary_settings_with_the_module_threshold() -> None:
+def test_old_runs_get_binary_settings_from_their_run_config() -> None:
     settings = settings_from_model(SimpleNamespace(threshold=0.35, run_config={"module": {}}))
     assert (settings.target, settings.threshold, settings.min_size, settings.connectivity) == (
         "binary",
-        0.35,
-        10,
+        0.5,
+        0,
         1,
     )
+    from_config = settings_from_model(
+        SimpleNamespace(run_config={"module": {"target": "distance", "postprocess": {"h": 0.3}}})
+    )
+    assert from_config.target == "distance" and from_config.params["h"] == 0.3
 
 
 def test_canonical_labels_numbers_in_raster_order() -> None:

@@ -1,24 +1,25 @@
 """Network output -> probabilities -> instance labels, the same for an image in memory and streamed.
 
-One adapter, ``instance_function``, turns a (C, H, W) probability map into instance labels with
-the run's own post-processing: ``nucseg.postprocess.postprocess(probabilities, target, **params)``
-when the package provides it (connected components for binary runs, marker-controlled watershed
-for contour/distance runs), else connected components of the foreground, as older runs did.
+``instance_function`` turns a (C, H, W) probability map into instance labels with the run's own
+post-processing, ``nucseg.postprocess.postprocess(probabilities, target, **params)``
+(connected components for binary runs, marker-controlled watershed for contour/distance runs),
+with the parameters the run's test used (``SegmentationModule.postprocess_params``), so the
+instances ``predict`` writes are the instances the test scored (AJI, PQ).
 
-Threshold. The fallback calls a pixel foreground when ``p > threshold``: the strict comparison the
-module's test metrics use (torchmetrics' binary metrics), so predicted masks are the masks that
-were scored. Instance outputs additionally drop components below ``min_size`` pixels (specks
-are not nuclei); pixel metrics have no notion of objects and keep them, so the mask written by
-``predict`` differs from the scored mask by exactly those specks.
+Threshold. ``postprocess`` calls a pixel foreground when ``p >= threshold``, as the module's
+instance metrics and its per-image pixel record do; torchmetrics' pooled pixel metrics (test
+Dice/IoU) use ``p > threshold``. The two differ only on pixels exactly at the threshold.
+Small objects: the run's ``min_size`` (binary runs: 0, every component is kept) unless
+``--min-size`` says otherwise.
 
 Streaming. ``HaloBandLabeller`` post-processes an image that arrives in bands of rows: each
 band's *core* rows are processed together with ``halo`` rows above and below, and a nucleus is
 kept by the band whose core holds its top row (the first row of its first pixel), so every
 nucleus is labelled once, from a window that contains all of it (when it is at most ``halo``
 rows tall). Ids are then renumbered in raster order of each object's first pixel, which is
-also how ``canonical_labels`` numbers an image processed whole; so streamed labels equal
-in-memory labels exactly, not only up to a permutation, as long as the post-processing of a
-nucleus depends only on pixels within ``halo`` rows of it.
+also how ``canonical_labels`` (and ``postprocess``) number an image processed whole; so streamed
+labels equal in-memory labels exactly, not only up to a permutation, as long as the
+post-processing of a nucleus depends only on pixels within ``halo`` rows of it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nucseg.postprocess.instances import label_instances
+from nucseg.postprocess import default_params, postprocess
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ class PostprocessSettings:
     """Probability -> instances -> polygons settings.
 
     Attributes:
-        threshold: Foreground when the probability is above this (fallback post-processing).
-        min_size: Instances with fewer pixels (at the model's scale) are dropped (fallback).
-        connectivity: 1 (4-connected) or 2 (8-connected) components (fallback).
+        threshold: Foreground when the probability is at least this (unless ``params`` sets it).
+        min_size: Instances with fewer pixels (at the model's scale) are dropped (same).
+        connectivity: 1 (4-connected) or 2 (8-connected) components, binary runs (same); also
+            how polygons are traced.
         tolerance: Polygon simplification in pixels.
         max_object_rows: Streamed images: rows of halo above and below each band of rows; a
             nucleus taller than this may be cut (a warning says how many were).
@@ -70,42 +72,24 @@ class PostprocessSettings:
 DEFAULT_SETTINGS = PostprocessSettings()
 
 
-def run_postprocess() -> Callable[..., np.ndarray] | None:
-    """``nucseg.postprocess.postprocess`` when this version of the package has it."""
-    import nucseg.postprocess as package
-
-    function = getattr(package, "postprocess", None)
-    return function if callable(function) else None
-
-
 def instance_function(settings: PostprocessSettings = DEFAULT_SETTINGS) -> Labeller:
     """The post-processing of ``settings`` as one function of the (C, H, W) probabilities.
 
-    Raises:
-        ValueError: A contour/distance target without ``nucseg.postprocess.postprocess``.
+    ``settings.threshold``/``min_size`` (and ``connectivity`` for binary runs) are the
+    parameters ``settings.params`` does not set.
     """
     if settings.labeller is not None:
         return settings.labeller
-    postprocess = run_postprocess()
-    if postprocess is not None:
-        params = dict(settings.params)
-        target = settings.target
+    params: dict[str, Any] = {"threshold": settings.threshold, "min_size": settings.min_size}
+    if settings.target == "binary":
+        params["connectivity"] = settings.connectivity
+    params.update(settings.params)
+    target = settings.target
 
-        def run(probabilities: np.ndarray) -> np.ndarray:
-            return postprocess(probabilities, target, **params)
+    def run(probabilities: np.ndarray) -> np.ndarray:
+        return postprocess(probabilities, target, **params)
 
-        return run
-    if settings.target != "binary":
-        raise ValueError(
-            f"post-processing for target {settings.target!r} needs nucseg.postprocess.postprocess "
-            "(a newer nucseg); only binary runs fall back to connected components"
-        )
-
-    def components(probabilities: np.ndarray) -> np.ndarray:
-        foreground = np.asarray(probabilities)[0] > settings.threshold
-        return label_instances(foreground, min_size=settings.min_size, connectivity=settings.connectivity)
-
-    return components
+    return run
 
 
 @dataclass(frozen=True)
@@ -153,31 +137,31 @@ def settings_from_model(
 ) -> PostprocessSettings:
     """The run's post-processing settings, with command-line values replacing the run's.
 
-    The target comes from ``model.target`` or the run config's ``module.target``; the
-    parameters from ``model.postprocess_params`` or the run config's ``module.postprocess``
-    (absent in runs from before target-aware post-processing: binary, no parameters).
+    The target and parameters are the module's ``target`` and ``postprocess_params`` (what its
+    test used), else the run config's ``module.target``/``module.postprocess``, else binary with
+    the target's defaults (runs from before target-aware post-processing).
+
+    Raises:
+        ValueError: ``connectivity`` for a run whose target is not binary.
     """
     config = getattr(model, "run_config", None) or {}
     module_config = config.get("module") or {}
-    target = getattr(model, "target", None) or module_config.get("target") or "binary"
-    params = dict(getattr(model, "postprocess_params", None) or module_config.get("postprocess") or {})
-    if threshold is None:
-        threshold = float(params.get("threshold", getattr(model, "threshold", 0.5)))
-    else:
-        params["threshold"] = threshold
-    if min_size is None:
-        min_size = int(params.get("min_size", PostprocessSettings.min_size))
-    else:
-        params["min_size"] = min_size
-    if connectivity is None:
-        connectivity = int(params.get("connectivity", PostprocessSettings.connectivity))
-    elif "connectivity" in params or target == "binary":
-        params["connectivity"] = connectivity
+    target = str(getattr(model, "target", None) or module_config.get("target") or "binary")
+    run_params = getattr(model, "postprocess_params", None) or module_config.get("postprocess") or {}
+    params = {**default_params(target), **dict(run_params)}
+    if threshold is not None:
+        params["threshold"] = float(threshold)
+    if min_size is not None:
+        params["min_size"] = int(min_size)
+    if connectivity is not None:
+        if target != "binary":
+            raise ValueError(f"connectivity applies to binary runs; this run's target is {target!r}")
+        params["connectivity"] = int(connectivity)
     return PostprocessSettings(
-        threshold=threshold,
-        min_size=min_size,
-        connectivity=connectivity,
-        target=str(target),
+        threshold=float(params["threshold"]),
+        min_size=int(params["min_size"]),
+        connectivity=int(params.get("connectivity", 1)),
+        target=target,
         params=params,
         **overrides,
     )
