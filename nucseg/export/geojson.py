@@ -260,7 +260,9 @@ class GeoJsonWriter:
         self._file = open(tmp, "w", encoding="utf-8")
         self._file.write('{"type": "FeatureCollection", ')
         if self.metadata is not None:
-            self._file.write(f'"nucseg": {json.dumps(dict(self.metadata), allow_nan=False)}, ')
+            self._file.write(
+                f'"nucseg": {json.dumps(dict(self.metadata), allow_nan=False, ensure_ascii=False)}, '
+            )
         self._file.write('"features": [')
         return self
 
