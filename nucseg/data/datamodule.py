@@ -115,6 +115,8 @@ class NucleiDataModule(L.LightningDataModule):
             (:mod:`nucseg.data.targets`): a target object, or the options of
             :func:`~nucseg.data.targets.build_target` (``{"name": "contour", ...}``); ``None``:
             binary foreground.
+        mpp: pixel size of the images in µm (recorded in the run config, so that ``predict``
+            resamples other images to it; not used in training).
     """
 
     def __init__(
@@ -138,9 +140,11 @@ class NucleiDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         device_resident: bool = False,
         target: Target | dict[str, Any] | None = None,
+        mpp: float | None = None,
     ) -> None:
         super().__init__()
         self.source = source
+        self.mpp = mpp
         self.stain_normalizer = stain_normalizer if stain_normalizer is not None else IdentityStainNormalizer()
         self.stain_reference = stain_reference
         self.cache = StainNormalizationCache(cache_dir) if cache_dir is not None else None
