@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiling.add_argument("--blend", choices=["gaussian", "flat"])
     tiling.add_argument("--tta", choices=["none", "flips", "d4"])
     tiling.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on CUDA)"
+        "--amp", action=argparse.BooleanOptionalAction, default=False,
+        help="autocast the network (fp16 on CUDA, bf16 on CPU); default: float32, what the run's test scored"
     )
     post = parser.add_argument_group("post-processing (default: the run's)")
     post.add_argument("--threshold", type=float, help="foreground where probability >= this")

@@ -98,10 +98,11 @@ def test_halo_labeller_reports_nuclei_taller_than_the_halo(caplog: pytest.LogCap
 
 def test_threshold_and_min_size_are_the_runs_postprocess_rule() -> None:
     probabilities = np.full((1, 6, 6), 0.2, np.float32)
-    probabilities[0, 0, 0] = 0.5  # exactly at the threshold: foreground, as in the module's test
+    probabilities[0, 0, 0] = 0.5  # exactly at the threshold: background, as torchmetrics in the test
+    probabilities[0, 0, 5] = 0.51
     probabilities[0, 3:6, 3:6] = 0.9
     labels = instance_function(PostprocessSettings(threshold=0.5, min_size=1))(probabilities)
-    assert labels.max() == 2 and labels[0, 0] == 1
+    assert labels.max() == 2 and labels[0, 0] == 0 and labels[0, 5] == 1
     labels = instance_function(PostprocessSettings(threshold=0.5, min_size=2))(probabilities)
     assert labels.max() == 1 and np.count_nonzero(labels) == 9
 

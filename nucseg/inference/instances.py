@@ -6,11 +6,9 @@ post-processing, ``nucseg.postprocess.postprocess(probabilities, target, **param
 with the parameters the run's test used (``SegmentationModule.postprocess_params``), so the
 instances ``predict`` writes are the instances the test scored (AJI, PQ).
 
-Threshold. ``postprocess`` calls a pixel foreground when ``p >= threshold``, as the module's
-instance metrics and its per-image pixel record do; torchmetrics' pooled pixel metrics (test
-Dice/IoU) use ``p > threshold``. The two differ only on pixels exactly at the threshold.
-Small objects: the run's ``min_size`` (binary runs: 0, every component is kept) unless
-``--min-size`` says otherwise.
+Threshold. ``postprocess`` calls a pixel foreground when ``p > threshold``, the rule of the module's
+test (torchmetrics' pooled Dice/IoU and the per-image records), so predict's masks and instances
+are exactly what the test scored.
 
 Streaming. ``HaloBandLabeller`` post-processes an image that arrives in bands of rows: each
 band's *core* rows are processed together with ``halo`` rows above and below, and a nucleus is
@@ -45,7 +43,7 @@ class PostprocessSettings:
     """Probability -> instances -> polygons settings.
 
     Attributes:
-        threshold: Foreground when the probability is at least this (unless ``params`` sets it).
+        threshold: Foreground when the probability is above this (unless ``params`` sets it).
         min_size: Instances with fewer pixels (at the model's scale) are dropped (same).
         connectivity: 1 (4-connected) or 2 (8-connected) components, binary runs (same); also
             how polygons are traced.

@@ -354,7 +354,7 @@ def stream_logits(
     batch_size: int = 8,
     blend: str = "gaussian",
     tta: str = "none",
-    amp: bool | None = None,
+    amp: bool = False,
     tile_multiple: int = 32,
     block_tiles: tuple[int, int] = (2, 8),
     progress: bool = False,
@@ -371,7 +371,7 @@ def stream_logits(
     tile, overlap_px = resolve_tiling(tile_size, overlap, batch_size, blend, tta, tile_multiple)
     height, width = reader.height, reader.width
     device = model_device(predict_fn) or torch.device("cpu")
-    use_amp = (device.type == "cuda") if amp is None else amp
+    use_amp = bool(amp)  # float32 unless asked, as sliding_window_predict (one precision rule)
     if height < tile[0] or width < tile[1]:  # thinner than a tile: small enough to do at once
         pixels = reader.read(0, 0, height, width)
         image = _to_tensor(_normalized(pixels, normalize), device)
