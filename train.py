@@ -19,7 +19,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Returns test Dice, the metric a Hydra sweeper optimises."""
+    """Returns the best validation value of ``optimized_metric``, what a Hydra sweeper maximises."""
     from nucseg.pipeline import optimized_metric, train  # after composition, so a wrong option fails at once
 
     return run_task(lambda: optimized_metric(train(cfg)))

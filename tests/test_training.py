@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, TINY_OVERRIDES
+from hydra.utils import instantiate
 
 from nucseg.checkpoint import CheckpointError, load_module
 from nucseg.pipeline import train
@@ -69,7 +70,7 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_two_model_multirun_writes_two_metrics_files_and_evaluate_rewrites_one(tmp_path):
+def test_two_model_multirun_writes_two_metrics_files_and_evaluate_writes_beside_them(tmp_path):
     overrides = [o for o in TINY_OVERRIDES if "widths" not in o] + ["+widths={unet: 4, resunet: 4}"]
     result = _run(["train.py", "-m", "model=unet,resunet", f"paths.log_dir={tmp_path / 'logs'}", *overrides], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -85,9 +86,103 @@ def test_two_model_multirun_writes_two_metrics_files_and_evaluate_rewrites_one(t
 
     run_dir = metrics_files[0].parent
     before = json.loads(metrics_files[0].read_text())
-    result = _run(["evaluate.py", f"run_dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
+    # a plain path works as the run directory; the run's own metrics.json is left as it is
+    result = _run(["evaluate.py", str(run_dir), f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    after = json.loads(metrics_files[0].read_text())
+    assert json.loads(metrics_files[0].read_text()) == before
+    after = json.loads((run_dir / "evaluations" / "test.json").read_text())
     assert after["test"]["dice"] == pytest.approx(before["test"]["dice"], abs=1e-6)
-    assert after["train_time_s"] == before["train_time_s"]
+    assert [r["name"] for r in after["test"]["per_image"]] == [r["name"] for r in before["test"]["per_image"]]
     assert after["evaluated_checkpoint"].endswith("best.ckpt")
+    # the validation images, under a name that says so
+    result = _run(["evaluate.py", f"run_dir={run_dir}", "split=val", f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    validation = json.loads((run_dir / "evaluations" / "val.json").read_text())
+    assert [r["name"] for r in validation["test"]["per_image"]] == before["protocol"]["val_images"]
+
+
+# -- targets: contour end to end, the model x target sweep, old binary checkpoints -------------------
+@pytest.mark.slow
+def test_contour_fast_dev_run_logs_instance_metrics_and_per_image_records(compose_train):
+    from nucseg.pipeline import build_module
+
+    cfg = compose_train(["target=contour", "debug=fast"])
+    metrics = train(cfg)
+    assert {"aji", "aji_per_image", "aji_plus", "pq", "dq", "sq", "pq_per_image"} <= set(metrics["test"])
+    assert 0.0 <= metrics["test"]["aji"] <= 1.0
+    assert metrics["config"]["target"]["name"] == "contour"
+    assert build_module(cfg).net.head.out_channels == 3
+
+
+@pytest.mark.slow
+def test_the_model_by_target_sweep_runs(tmp_path):
+    overrides = [o for o in TINY_OVERRIDES if "widths" not in o] + ["+widths={unet: 4, resunet: 4}"]
+    result = _run(
+        ["train.py", "-m", "model=unet,resunet,linknet34", "target=binary,contour", "debug=fast",
+         f"paths.log_dir={tmp_path / 'logs'}", *overrides],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(path.read_text()) for path in sorted((tmp_path / "logs" / "multiruns").glob("*/*/metrics.json"))]
+    assert [(run["model"], run["config"]["target"]["name"]) for run in runs] == [
+        (model, target) for model in MODELS for target in ("binary", "contour")
+    ]
+    assert all("aji" in run["test"] for run in runs)
+
+
+def _binary_run_config_of_today() -> dict:
+    """A run config as train.py wrote it before targets existed: no target keys anywhere."""
+    return {
+        "model": {"name": "unet", "net": {"_target_": "nucseg.models.build_model", "name": "unet", "width": 4, "depth": 2}},
+        "loss": {"_target_": "nucseg.losses.CompositeLoss", "_convert_": "all", "terms": {"bce": {"weight": 1.0}}},
+        "module": {"_target_": "nucseg.module.SegmentationModule", "model_name": "unet", "threshold": 0.5},
+    }
+
+
+def test_a_checkpoint_without_target_keys_loads_as_binary(tmp_path):
+    from nucseg.losses import CompositeLoss
+    from nucseg.models import build_model
+    from nucseg.module import SegmentationModule
+
+    module = SegmentationModule(build_model("unet", width=4, depth=2), CompositeLoss({"bce": {}}))
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": module.state_dict(), "nucseg": {"run_config": _binary_run_config_of_today()}}, path)
+    loaded = load_module(path)
+    assert loaded.target == "binary" and loaded.postprocess_params["threshold"] == 0.5
+    images = torch.rand(1, 3, 32, 32)
+    logits = loaded.predict_logits(images)
+    probabilities = loaded.probabilities(logits)
+    assert torch.equal(probabilities, torch.sigmoid(logits))
+    assert torch.equal(loaded.foreground_probability(probabilities), probabilities)
+    assert loaded.instances(probabilities[0]).shape == (32, 32)
+
+
+def test_probabilities_and_foreground_of_each_target():
+    from nucseg.module import target_foreground_probability, target_probabilities
+
+    logits = torch.randn(2, 3, 4, 4)
+    contour = target_probabilities(logits, "contour")
+    assert torch.allclose(contour.sum(1), torch.ones(2, 4, 4))
+    assert torch.allclose(target_foreground_probability(contour, "contour"), 1 - contour[:, :1])
+    distance = target_probabilities(logits[:, :2] * 3, "distance")
+    assert torch.allclose(distance[:, :1], torch.sigmoid(logits[:, :1] * 3))
+    assert distance[:, 1].min() >= 0 and distance[:, 1].max() <= 1
+    assert torch.equal(target_foreground_probability(distance, "distance"), distance[:, :1])
+
+
+def test_test_records_hold_pixel_counts_and_instance_metrics_per_image(compose_train):
+    import lightning as L
+
+    from nucseg.pipeline import build_module
+
+    cfg = compose_train(["target=contour"])
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    results = trainer.test(module, datamodule=datamodule, weights_only=False)[0]
+    assert len(module.test_records) == 2
+    record = module.test_records[0]
+    assert record["name"] == datamodule.test_images[0].name
+    assert record["tp"] + record["fp"] + record["fn"] + record["tn"] == 96 * 96
+    assert {"dice", "iou", "accuracy", "aji", "aji_plus", "pq", "dq", "sq"} <= set(record)
+    assert results["test/aji_per_image"] == pytest.approx(sum(r["aji"] for r in module.test_records) / 2, abs=1e-6)

@@ -22,8 +22,11 @@ Rules, documented once:
 - Zoom (``RandomAffine`` with a factor uniform in ``scale_range``, centred) changes the
   apparent nucleus size, which differs between organs; corners a zoom-out uncovers are filled by
   reflection, as for rotation.
-- The image is resampled bilinearly and clamped to [0, 1]; the mask is resampled nearest and
-  returned exactly binary (``> 0.5``) in the image's dtype.
+- The image is resampled bilinearly and clamped to [0, 1]; the mask is resampled nearest, so
+  every output value is one of the input's: a binary mask stays binary and a map of instance
+  ids (float32, exact below 2**24) keeps exact ids, from which the data module derives the
+  training target after augmentation. Reflection padding can mirror a nucleus into a corner
+  under the same id as the original.
 - HED jitter (Tellez et al. 2018): RGB -> optical density -> H, E, DAB concentrations with the
   Ruifrok & Johnston (2001) matrix; each of the three channels of a selected sample becomes
   ``c * (1 + a) + b`` with ``a, b ~ U(-sigma, sigma)``; then back to RGB.
@@ -152,16 +155,16 @@ class SegmentationAugmentation(torch.nn.Module):
 
         Args:
             image: (B, 3, H, W) float RGB in [0, 1].
-            mask: (B, 1, H, W) float in {0, 1}.
+            mask: (B, 1, H, W): a binary mask, or instance ids (0 = background) below 2**24.
 
         Returns:
-            ``(image, mask)`` with the input shapes, dtype and device; image in [0, 1], mask in {0, 1}.
+            ``(image, mask)`` with the input shapes, the image's dtype and device; image in
+            [0, 1], mask holding only values of the input mask (nearest sampling).
         """
         _check_batch(image, mask)
-        mask = mask.to(image.dtype)
+        mask = mask.float()
         if self.geometric is not None:
             image, mask = self.geometric(image, mask)
-            mask = (mask > 0.5).to(image.dtype)
         if self.hed_jitter_p > 0:
             image = hed_jitter(image, self.hed_jitter_p, self.hed_jitter_sigma)
         return image.clamp(0.0, 1.0), mask

@@ -1,8 +1,13 @@
 """Torch datasets over prepared (stain-normalised) images.
 
 Training draws random crops; validation and test return whole images so that metrics are
-computed at full resolution after sliding-window prediction. Items stay uint8 on the CPU side
+computed at full resolution after sliding-window prediction. Images stay uint8 on the CPU side
 (four times less to copy); the DataModule converts to float on the device.
+
+Items carry the instance labels, (1, H, W) int32 with ids renumbered 1..N per image, never a
+derived mask: the device augments the label map with nearest sampling (ids stay exact in
+float32 below 2**24) and derives the training target from it afterwards
+(:mod:`nucseg.data.targets`). Validation and test items carry them too, for instance metrics.
 """
 
 from __future__ import annotations
@@ -11,20 +16,36 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nucseg.data.targets import MAX_EXACT_FLOAT32_ID
 from nucseg.data.types import AnnotatedImage
 
 
+def sequential_labels(image: AnnotatedImage) -> np.ndarray:
+    """The image's instance labels renumbered 1..N (int32), 0 staying background.
+
+    Raises:
+        ValueError: the image has so many nuclei that ids would not stay exact in float32.
+    """
+    ids, inverse = np.unique(image.instance_labels, return_inverse=True)
+    if ids[0] != 0:
+        inverse = inverse + 1
+    count = int(inverse.max()) if inverse.size else 0
+    if count >= MAX_EXACT_FLOAT32_ID:
+        raise ValueError(f"{image.name}: {count} instances; at most {MAX_EXACT_FLOAT32_ID - 1} survive augmentation exactly")
+    return inverse.reshape(image.instance_labels.shape).astype(np.int32)
+
+
 def _as_tensors(image: AnnotatedImage, min_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, H, W) uint8 image and (1, H, W) uint8 mask, reflect-padded up to ``min_size``."""
-    pixels, mask = image.image, image.mask
+    """(3, H, W) uint8 image and (1, H, W) int32 instance labels, reflect-padded up to ``min_size``."""
+    pixels, labels = image.image, sequential_labels(image)
     pad_rows = max(0, min_size - pixels.shape[0])
     pad_cols = max(0, min_size - pixels.shape[1])
     if pad_rows or pad_cols:
         widths = ((0, pad_rows), (0, pad_cols))
         pixels = np.pad(pixels, (*widths, (0, 0)), mode="symmetric")
-        mask = np.pad(mask, widths, mode="symmetric")
+        labels = np.pad(labels, widths, mode="symmetric")
     image_tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-    return image_tensor, torch.from_numpy(np.ascontiguousarray(mask[None]))
+    return image_tensor, torch.from_numpy(np.ascontiguousarray(labels[None]))
 
 
 class RandomPatchDataset(Dataset):
@@ -54,16 +75,16 @@ class RandomPatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, object]:
         image_index = index % len(self._tensors)  # interleave images within an epoch
-        pixels, mask = self._tensors[image_index]
+        pixels, labels = self._tensors[image_index]
         height, width = pixels.shape[-2:]
         top = int(torch.randint(0, height - self.patch_size + 1, ()).item())
         left = int(torch.randint(0, width - self.patch_size + 1, ()).item())
         rows, cols = slice(top, top + self.patch_size), slice(left, left + self.patch_size)
-        return {"image": pixels[:, rows, cols], "mask": mask[:, rows, cols], "name": self.names[image_index]}
+        return {"image": pixels[:, rows, cols], "instance_labels": labels[:, rows, cols], "name": self.names[image_index]}
 
 
 class WholeImageDataset(Dataset):
-    """Whole images with their binary masks, for validation and test (use batch size 1 when sizes differ)."""
+    """Whole images with their instance labels, for validation and test (batch size 1 when sizes differ)."""
 
     def __init__(self, images: list[AnnotatedImage]) -> None:
         self.names = [image.name for image in images]
@@ -73,5 +94,5 @@ class WholeImageDataset(Dataset):
         return len(self._tensors)
 
     def __getitem__(self, index: int) -> dict[str, object]:
-        pixels, mask = self._tensors[index]
-        return {"image": pixels, "mask": mask, "name": self.names[index]}
+        pixels, labels = self._tensors[index]
+        return {"image": pixels, "instance_labels": labels, "name": self.names[index]}

@@ -23,7 +23,8 @@ class CompositeLoss(nn.Module):
 
     Args:
         terms: mapping term name → options; ``weight`` (default 1.0) is taken out, the other
-            options go to the term's constructor. A term whose name is not a registered loss
+            options go to :func:`~nucseg.losses.build_loss_term` (``channels``) and the term's
+            constructor. A term whose name is not a registered loss
             needs a ``name`` option (so one loss can appear twice with different settings).
 
     Example:
@@ -43,7 +44,13 @@ class CompositeLoss(nn.Module):
             self.terms[label] = build_loss_term(name, **options)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> LossOutput:
-        if logits.shape != target.shape:
+        """Weighted sum over the terms; each term checks the shapes its kind needs.
+
+        Args:
+            logits: (B, C, H, W) raw network outputs.
+            target: the batch's ``target`` (see :mod:`nucseg.data.targets`).
+        """
+        if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[2:]:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
         # Under mixed precision the network's logits are bf16/fp16; the loss (sums over a whole
         # batch of pixels) is computed in float32, as the AMP guides recommend.
