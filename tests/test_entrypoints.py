@@ -25,8 +25,10 @@ from nucseg.data.monuseg import MonusegError
 from nucseg.pipeline import train
 
 
-def _python(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _python(args: list[str], tmp_path: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "MONUSEG_ROOT")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
         [sys.executable, *args, f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env,
@@ -118,8 +120,12 @@ def test_train_py_exit_status_for_input_problems_bugs_and_hydra_errors(tmp_path)
     assert bad_value.returncode == 2 and "Traceback" not in bad_value.stderr
     assert "decay must be in (0, 1), got 2" in bad_value.stderr
 
-    bug = _python(["train.py", "+callbacks.broken._target_=builtins.divmod"], tmp_path)
-    assert bug.returncode == 1 and "Traceback" in bug.stderr
+    (tmp_path / "broken_callback.py").write_text(
+        "import lightning as L\n\nclass Broken(L.Callback):\n"
+        "    def on_train_start(self, trainer, pl_module):\n        raise RuntimeError('a bug')\n"
+    )
+    bug = _python(["train.py", "+callbacks.broken._target_=broken_callback.Broken"], tmp_path, pythonpath=tmp_path)
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "RuntimeError: a bug" in bug.stderr
 
     hydra_error = _python(["train.py", "model=unte"], tmp_path)
     assert hydra_error.returncode == 1 and "Could not find 'model/unte'" in hydra_error.stderr
