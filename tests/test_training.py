@@ -161,6 +161,8 @@ def test_probabilities_and_foreground_of_each_target():
     assert torch.allclose(distance[:, :1], torch.sigmoid(logits[:, :1] * 3))
     assert distance[:, 1].min() >= 0 and distance[:, 1].max() <= 1
     assert torch.equal(target_foreground_probability(distance, "distance"), distance[:, :1])
+    hv = target_probabilities(logits * 3, "hv")
+    assert hv[:, 1:].min() >= -1 and hv[:, 1:].max() <= 1 and hv[:, 1:].min() < 0
 
 
 def test_test_records_hold_pixel_counts_and_instance_metrics_per_image(compose_train):
