@@ -99,7 +99,7 @@ def test_two_model_multirun_writes_two_metrics_files_and_evaluate_rewrites_one(t
 def test_contour_fast_dev_run_logs_instance_metrics_and_per_image_records(compose_train):
     from nucseg.pipeline import build_module
 
-    cfg = compose_train(["target=contour", "debug=fast"])
+    cfg = compose_train(["target=contour", "debug=fast", "module.val_instance_metrics=true"])
     metrics = train(cfg)
     assert {"aji", "aji_per_image", "aji_plus", "pq", "dq", "sq", "pq_per_image"} <= set(metrics["test"])
     assert 0.0 <= metrics["test"]["aji"] <= 1.0
