@@ -25,7 +25,7 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "binary": {"threshold": [0.4, 0.5, 0.6], "min_size": [0, 10, 30]},
     "contour": {"threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.4, 0.5, 0.7], "marker_erosion_px": [0, 2]},
     "distance": {"threshold": [0.4, 0.5, 0.6], "h": [0.1, 0.2, 0.4]},
-    "hv": {"threshold": [0.4, 0.5, 0.6], "edge_threshold": [0.2, 0.3, 0.5]},
+    "hv": {"threshold": [0.4, 0.5, 0.6], "edge_threshold": [0.05, 0.1, 0.2]},
 }
 
 

@@ -61,7 +61,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     },
     "hv": {
         "threshold": 0.5,
-        "edge_threshold": 0.3,
+        "edge_threshold": 0.1,
         "sigma_px": 1.0,
         "marker_opening_px": 1,
         "min_marker_size": 4,
