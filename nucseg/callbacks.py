@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, Timer
 from lightning.pytorch.trainer.states import TrainerFn
+
+from nucseg.schedules import ProgressSchedule, training_progress
+
+log = logging.getLogger(__name__)
 
 
 class TrainingSpeed(L.Callback):
@@ -46,6 +52,105 @@ class TrainingSpeed(L.Callback):
         return self.patches / self.step_seconds if self.step_seconds > 0 else 0.0
 
 
+class TrainingProgress(L.Callback):
+    """Drives progress schedules (:mod:`nucseg.schedules`) and ends a budgeted run on time, validated.
+
+    Progress is the larger of the fraction of ``trainer.max_time`` used (Lightning's ``Timer``
+    clock: training and its validations) and the fraction of the optimiser steps done. Before
+    each optimiser step it is handed to every :class:`~nucseg.schedules.ProgressSchedule`, so a
+    run stopped by its budget has annealed to the schedule's final learning rate. When the
+    budget is spent it stops the run after that batch.
+
+    Validation on the last epoch: the best checkpoint must be chosen over the annealed end too,
+    but ``check_val_every_n_epoch > 1`` skips validation on an epoch that the budget (or an odd
+    ``max_epochs``) makes the last. So when the run is about to end (the budget spent, or the
+    last epoch begun) this callback sets ``check_val_every_n_epoch`` to 1: Lightning then
+    validates once more, on the weights the run ends with. That validation runs after the
+    budget, so a run takes ``max_time`` plus one validation (plus the test).
+
+    Attributes:
+        progress: progress at the last optimiser step (what the schedule was given).
+        time_used: fraction of the budget used when training ended (before the test).
+        epochs_trained: optimiser steps over steps per epoch (a stop mid-epoch counts its part).
+        stopped_by: ``max_time``, ``max_epochs``/``max_steps`` or ``None`` while running.
+        max_time_s: the budget Lightning's ``Timer`` holds (``None``: no budget).
+    """
+
+    def __init__(self) -> None:
+        self.progress = 0.0
+        self.stopped_by: str | None = None
+        self.max_time_s: float | None = None
+        self.time_used = 0.0
+        self.epochs_trained = 0.0
+        self._timer: Timer | None = None
+        self._schedules: list[ProgressSchedule] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._timer = next((c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None)
+        self.max_time_s = self._timer.time_remaining() + self._timer.time_elapsed() if self._timer else None
+        self._schedules = [c.scheduler for c in trainer.lr_scheduler_configs if isinstance(c.scheduler, ProgressSchedule)]
+        others = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs if not isinstance(c.scheduler, ProgressSchedule)]
+        if self._timer is not None and others:
+            log.warning(
+                "trainer.max_time is set but %s follows epochs: a run stopped by its budget stops before its "
+                "schedule ends; scheduler=cosine_budget follows the budget instead",
+                ", ".join(others),
+            )
+
+    def _max_steps(self, trainer: L.Trainer) -> float:
+        steps = trainer.estimated_stepping_batches
+        return float(steps) if steps is not None else math.inf
+
+    def _time_spent(self) -> float:
+        return self._timer.time_elapsed() / self.max_time_s if self._timer and self.max_time_s else 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._schedules:
+            return
+        elapsed = self._timer.time_elapsed() if self._timer else 0.0
+        progress = training_progress(elapsed, self.max_time_s, trainer.global_step, self._max_steps(trainer))
+        self.progress = float(trainer.strategy.broadcast(progress))  # every DDP rank takes the same step
+        for schedule in self._schedules:
+            schedule.set_progress(self.progress)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs:
+            self._validate_at_the_end(trainer)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        spent = bool(trainer.strategy.broadcast(self._time_spent() >= 1.0))
+        if spent:
+            trainer.should_stop = True
+        if trainer.should_stop:  # the budget, or another callback (early stopping, Lightning's Timer)
+            self.stopped_by = self.stopped_by or ("max_time" if spent else "callback")
+            self._validate_at_the_end(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.time_used = self._time_spent()
+        batches = trainer.num_training_batches
+        self.epochs_trained = trainer.global_step / batches if batches and math.isfinite(batches) else float(trainer.current_epoch)
+        if self.stopped_by is None:
+            self.stopped_by = "max_steps" if 0 < trainer.max_steps <= trainer.global_step else "max_epochs"
+
+    @staticmethod
+    def _validate_at_the_end(trainer: L.Trainer) -> None:
+        if trainer.check_val_every_n_epoch is not None and trainer.check_val_every_n_epoch > 1:
+            trainer.check_val_every_n_epoch = 1
+
+    def summary(self, trainer: L.Trainer) -> dict[str, Any]:
+        """What ``metrics.json`` records: how far the run got and what ended it."""
+        return {
+            "max_time_s": self.max_time_s,
+            "progress": round(self.progress, 4),
+            "time_used": round(self.time_used, 4),
+            "stopped_by": self.stopped_by,
+            "steps": int(trainer.global_step),
+            "epochs_trained": round(self.epochs_trained, 2),
+        }
+
+
 class ExponentialMovingAverage(EMAWeightAveraging):
     """EMA of the weights: validated, checkpointed as ``state_dict`` and tested in place of the raw ones.
 
@@ -69,3 +174,42 @@ class ExponentialMovingAverage(EMAWeightAveraging):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run diverged and was stopped."""
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Stop training at the first NaN or infinite loss, naming the step and the last finite loss.
+
+    Later steps would only train on NaN weights, and the checkpoint chosen on validation would
+    hide it; stopping at once keeps the last good checkpoint and says where the run went wrong.
+    """
+
+    def __init__(self) -> None:
+        self.last_finite_loss: float | None = None
+        self.last_finite_step: int | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        import math  # here, so that this guard stays one block at the end of the module
+
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach().float()) if hasattr(loss, "detach") else float(loss)
+        step = trainer.global_step
+        if math.isfinite(value):
+            self.last_finite_loss, self.last_finite_step = value, step
+            return
+        last = (
+            f"the last finite loss was {self.last_finite_loss:.6g} at step {self.last_finite_step}"
+            if self.last_finite_loss is not None
+            else "no step had a finite loss"
+        )
+        raise NonFiniteLossError(
+            f"training loss is {value} at step {step} (epoch {trainer.current_epoch}, batch {batch_idx}); {last}. "
+            "Lower optimizer.lr, train in trainer.precision=32-true, or check the data"
+        )

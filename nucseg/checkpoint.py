@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nucseg.module import SegmentationModule
+from nucseg.utils.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -98,3 +99,21 @@ def _stain_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
         if isinstance(value, dict) and "stain_normalizer" in value:
             return value["stain_normalizer"]
     return None
+
+
+def store_module_options(path: str | os.PathLike[str], **options: Any) -> None:
+    """Write module options chosen after training (e.g. post-processing tuned on validation) into
+    the stored run config of a checkpoint, atomically, so that ``load_module``, ``evaluate.py``
+    and ``predict`` rebuild the module with them.
+
+    Args:
+        path: a ``.ckpt`` file written by the training pipeline.
+        **options: keys of the run config's ``module`` section and their new values.
+    """
+    checkpoint_path = find_checkpoint(path)
+    checkpoint = load_checkpoint_dict(checkpoint_path)
+    config = run_config_of(checkpoint, str(checkpoint_path))
+    config.setdefault("module", {}).update(options)
+    checkpoint["nucseg"]["run_config"] = config
+    with atomic_path(checkpoint_path) as temporary:
+        torch.save(checkpoint, temporary)

@@ -1,4 +1,4 @@
-"""Evaluate a saved model on its data set's test split, exactly as the training run's test did.
+"""Evaluate a saved model on its data set's test (or validation) split, exactly as the training run's test did.
 
 The run's own config (stored in the checkpoint) rebuilds the data module and the network; the
 fitted stain reference comes from the checkpoint, so the test images are normalised as in training.
@@ -6,8 +6,8 @@ fitted stain reference comes from the checkpoint, so the test images are normali
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nucseg.checkpoint import find_checkpoint, load_module
+from nucseg.hardware import resolve_precision
 from nucseg.models import count_parameters
 from nucseg.pipeline import collect_test_results, with_image_count
+from nucseg.postprocess.tuning import tune_on_validation
+from nucseg.results import json_safe_records, summarise_subsets
 from nucseg.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -28,38 +31,78 @@ def _default_output_dir(checkpoint_path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test the checkpoint named by ``cfg.run_dir`` or ``cfg.ckpt_path``; write ``metrics.json``.
+def evaluation_name(split: str, overrides: list[str]) -> str:
+    """A file name that says what was evaluated: the split, then the overrides (safe characters only)."""
+    parts = [split, *overrides]
+    name = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", part).strip("-") for part in parts)
+    return name[:120]
 
-    An existing ``metrics.json`` (from training) keeps its other fields; ``test`` is replaced and
-    ``evaluated_checkpoint`` records what was tested.
+
+def _use_split(datamodule: Any, split: str) -> None:
+    """Make the data module's test loader serve ``split`` (``test`` or ``val``)."""
+    if split == "test":
+        return
+    if split != "val":
+        raise ValueError(f"evaluate.py: split must be test or val, got {split!r}")
+    datamodule.setup("fit")
+    datamodule.test_images = list(datamodule.val_images)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score the checkpoint named by ``cfg.run_dir`` or ``cfg.ckpt_path`` on ``cfg.split``.
+
+    The run's own ``metrics.json`` is never changed: the result goes to
+    ``<run>/evaluations/<split>[_<overrides>].json`` (or ``cfg.name``), or to
+    ``<cfg.output_dir>/metrics.json`` when an output folder other than the run's is given. With
+    ``cfg.tune_postprocess`` the post-processing is first chosen by mean AJI on the run's
+    validation images (never on the test images), as training does.
     """
     target = cfg.get("ckpt_path") or cfg.get("run_dir")
     if not target:
         raise ValueError("evaluate.py needs run_dir=<run directory> or ckpt_path=<checkpoint file>")
     checkpoint_path = find_checkpoint(target)
+    run_dir = _default_output_dir(checkpoint_path)
     overrides = list(cfg.get("overrides") or [])
+    split = str(cfg.get("split") or "test")
     module = load_module(checkpoint_path, config_overrides=overrides)
     run_config = OmegaConf.create(module.run_config)  # the stored config with the overrides merged
     datamodule = instantiate(run_config.data)
     datamodule.stain_normalizer = module.stain_normalizer or datamodule.stain_normalizer
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    postprocess: dict[str, Any] = {"params": dict(module.postprocess_params), "chosen_on": "stored run config"}
+    if cfg.get("tune_postprocess"):
+        datamodule.setup("fit")
+        best, table = tune_on_validation(module, datamodule)
+        chosen = max(table, key=lambda row: row["aji"])
+        postprocess = {
+            "params": best, "chosen_on": "validation", "validation_images": [i.name for i in datamodule.val_images],
+            "validation_aji": chosen["aji"], "validation_pq": chosen["pq"], "grid": table,
+        }
+    _use_split(datamodule, split)
+    precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")).used  # "auto" → this machine's
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, precision=precision)
     results = collect_test_results(trainer.test(module, datamodule=datamodule))
+    per_image = json_safe_records(module.test_records)
 
-    output_dir = Path(cfg.get("output_dir") or _default_output_dir(checkpoint_path))
-    metrics_path = output_dir / "metrics.json"
-    metrics: dict[str, Any] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics.update(
-        model=run_config.model.name,
-        status=metrics.get("status", "finished"),
-        test=with_image_count(results),
-        params=count_parameters(module.net),
-        evaluated_checkpoint=str(checkpoint_path),
-        evaluation_overrides=overrides,
-    )
-    metrics.setdefault("run_name", output_dir.name)
-    metrics.setdefault("seed", run_config.get("seed"))
-    metrics.setdefault("config", OmegaConf.to_container(run_config, resolve=True))
-    atomic_write_json(metrics_path, metrics)
-    log.info("wrote %s: %s", metrics_path, results)
+    metrics: dict[str, Any] = {
+        "model": run_config.model.name,
+        "run_name": run_dir.name,
+        "status": "finished",
+        "seed": run_config.get("seed"),
+        "split": split,
+        "protocol": getattr(datamodule, "protocol", None),
+        "postprocess": postprocess,
+        "test": {**with_image_count(results), "per_image": per_image},
+        "test_summary": summarise_subsets(per_image, {} if split != "test" else getattr(datamodule, "test_subsets", {}) or {}),
+        "params": count_parameters(module.net),
+        "evaluated_checkpoint": str(checkpoint_path),
+        "evaluation_overrides": overrides,
+        "config": OmegaConf.to_container(run_config, resolve=True),
+    }
+    output_dir = cfg.get("output_dir")
+    if output_dir and Path(output_dir).resolve() != run_dir.resolve():
+        output_path = Path(output_dir) / "metrics.json"
+    else:
+        output_path = run_dir / "evaluations" / f"{cfg.get('name') or evaluation_name(split, overrides)}.json"
+    atomic_write_json(output_path, metrics)
+    log.info("wrote %s: %s", output_path, results)
     return metrics

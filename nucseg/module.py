@@ -251,8 +251,11 @@ class SegmentationModule(L.LightningModule):
                         self.log(f"test/{key}", float(aggregated[key]))
 
     def _pixel_record(self, foreground: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-        """Pixel counts at ``threshold`` and the image's Dice, IoU and accuracy (0 when undefined)."""
-        predicted = foreground >= self.threshold
+        """Pixel counts at ``threshold`` and the image's Dice, IoU and accuracy (0 when undefined).
+
+        A pixel is nucleus when its probability is ``> threshold``, torchmetrics' rule, so these
+        counts summed over images give exactly the pooled metrics of ``test_metrics``."""
+        predicted = foreground > self.threshold
         truth = mask > 0.5
         tp = int((predicted & truth).sum())
         fp = int((predicted & ~truth).sum())

@@ -6,8 +6,17 @@ greyscale (replicated to RGB), 8 or 16 bit (16 bit is scaled by 255/65535); see
 ``nucseg.utils.image_io``. Every image is stain-normalised with the reference fitted at training
 time (stored in the checkpoint), predicted by sliding window with the model's validation
 settings unless overridden here, and written to ``--output`` (names in
-``nucseg.inference.outputs``): ``<stem>_mask.png``, ``<stem>_labels.tif``, ``<stem>_overlay.png``,
-``<stem>.geojson`` (QuPath detections) and, with ``--probability``, ``<stem>_prob.tif``.
+``nucseg.inference.outputs``): ``<stem>_labels.tif`` (instances of the run's post-processing),
+``<stem>.geojson`` (QuPath detections with measurements), ``<stem>_nuclei.csv`` (one row per
+nucleus), ``<stem>_mask.png`` and ``<stem>_overlay.png`` (for images up to 4096 x 4096 pixels
+unless ``--png``/``--no-png``) and, with ``--probability``, ``<stem>_prob.tif``.
+
+Pixel size. The input's pixel size comes from its metadata (OME-XML, Aperio ``MPP``, TIFF
+resolution tags; see ``nucseg.utils.resolution``) or ``--mpp``; the model's from the run
+(``data.mpp``). An input at another pixel size is resampled to the model's, predicted, and the
+results mapped back to the input's pixels; areas and lengths are in µm whenever the input's
+pixel size is known, in pixels otherwise (then a warning names the file and the model's pixel
+size is assumed).
 Images above ``--stream-above`` pixels are streamed with bounded memory; each still gets one
 stain transform, estimated on a thumbnail of at most 2048 x 2048 pixels and applied to every
 block (``nucseg.inference.streaming``).
@@ -26,9 +35,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nucseg.inference.instances import settings_from_model
 from nucseg.inference.outputs import OutputPaths, PostprocessSettings
 from nucseg.inference.runner import DEFAULT_STREAM_ABOVE, predict_file
 from nucseg.utils.image_io import IMAGE_SUFFIXES
+from nucseg.utils.resolution import PLAUSIBLE_MPP, model_pixel_size, plausible
 
 logger = logging.getLogger("nucseg.predict")
 
@@ -50,20 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     tiling.add_argument("--blend", choices=["gaussian", "flat"])
     tiling.add_argument("--tta", choices=["none", "flips", "d4"])
     tiling.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None, help="autocast (default: on CUDA)"
+        "--amp", action=argparse.BooleanOptionalAction, default=False,
+        help="autocast the network (fp16 on CUDA, bf16 on CPU); default: float32, what the run's test scored"
     )
-    post = parser.add_argument_group("post-processing")
+    post = parser.add_argument_group("post-processing (default: the run's)")
+    post.add_argument("--threshold", type=float, help="foreground where probability >= this")
+    post.add_argument("--min-size", type=int, help="drop smaller nuclei, in pixels at the model's scale")
     post.add_argument(
-        "--threshold", type=float, help="foreground probability threshold (default: the model's)"
+        "--connectivity", type=int, choices=[1, 2], help="binary runs: 1 4-connected, 2 8-connected"
     )
     post.add_argument(
-        "--min-size", type=int, default=PostprocessSettings.min_size, help="drop smaller nuclei (pixels)"
+        "--max-nucleus-rows",
+        type=int,
+        default=PostprocessSettings.max_object_rows,
+        help="streamed images: halo rows around each band; taller nuclei may be cut",
     )
-    post.add_argument(
-        "--connectivity", type=int, choices=[1, 2], default=1, help="1: 4-connected, 2: 8-connected"
+    scale = parser.add_argument_group("pixel size")
+    scale.add_argument(
+        "--mpp",
+        type=float,
+        help="the inputs' pixel size in µm (default: from their metadata; unknown: the model's)",
     )
-    parser.add_argument(
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument(
         "--probability", action="store_true", help="also write <stem>_prob.tif (uint8, 255 * p)"
+    )
+    outputs.add_argument(
+        "--png",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mask and overlay PNGs (default: for images up to 4096 x 4096 pixels)",
     )
     parser.add_argument("--no-stain", action="store_true", help="skip stain normalisation")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -165,10 +192,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     defaults = dict(getattr(module, "inference_kwargs", {}) or {})
     tiling = _tiling_from(args, defaults)
-    threshold = args.threshold if args.threshold is not None else float(getattr(module, "threshold", 0.5))
-    settings = PostprocessSettings(
-        threshold=threshold, min_size=args.min_size, connectivity=args.connectivity
-    )
+    try:
+        settings = settings_from_model(
+            module, args.threshold, args.min_size, args.connectivity, max_object_rows=args.max_nucleus_rows
+        )
+    except ValueError as error:
+        print(f"error: {args.checkpoint}: {error}", file=sys.stderr)
+        return 2
+    model_mpp = model_pixel_size(getattr(module, "run_config", None), str(args.checkpoint))
+    if args.mpp is not None and not plausible(args.mpp):
+        print(
+            f"error: --mpp {args.mpp}: not a pixel size in µm/px (expected {PLAUSIBLE_MPP})", file=sys.stderr
+        )
+        return 2
     normalizer = None if args.no_stain else getattr(module, "stain_normalizer", None)
     progress = not args.no_progress
     failed_images = 0
@@ -182,7 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = OutputPaths.for_image(args.output, stem, probability=args.probability)
         try:
             result = predict_file(
-                path, module, paths, normalizer, tiling, settings, args.stream_above, progress
+                path,
+                module,
+                paths,
+                normalizer,
+                tiling,
+                settings,
+                args.stream_above,
+                progress,
+                mpp=args.mpp,
+                model_mpp=model_mpp,
+                png=args.png,
             )
         except Exception as error:  # noqa: BLE001 - report the file, keep going with the others
             failed_images += 1
@@ -191,8 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {path}: {type(error).__name__}: {error}", file=sys.stderr)
             continue
         mode = "streamed" if result.streamed else "in memory"
+        scale = "pixel size unknown" if result.mpp is None else f"{result.mpp:.4g} µm/px"
+        if result.resampled:
+            scale += f", resampled to {result.model_mpp:.4g}"
         report(
-            f"{path}: {result.width}x{result.height}, {result.nuclei} nuclei, {result.seconds:.1f} s ({mode})"
+            f"{path}: {result.width}x{result.height} ({scale}), {result.nuclei} nuclei, "
+            f"{result.seconds:.1f} s ({mode})"
         )
     summary = f"{len(files) - failed_images} of {len(files)} images written to {args.output}"
     if failed_images or input_errors:

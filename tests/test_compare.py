@@ -165,9 +165,11 @@ def test_table_values_grouping_and_bold(sweep: Path) -> None:
         "| Model | Runs | Loss | Dice | Accuracy | IoU | AJI | Params | Train time | Patches/s | Status |"
     )
     rows = _rows(markdown)
+    # Two seeds: mean ± t(0.975, 1) · s / √2 with t = 12.7062; loss s = 0.0283 -> ± 0.2541,
+    # Dice, accuracy, IoU s = 0.0141 -> ± 0.1271. Costs keep mean ± std.
     assert rows["unet | 2 (seeds 0, 1)"] == [
-        "unet", "2 (seeds 0, 1)", "0.4200 ± 0.0283", "0.7900 ± 0.0141", "0.8900 ± 0.0141", "0.6600 ± 0.0141",
-        "—", "**7.76 M**", "**10.5 ± 0.7 min**", "**3.1 ± 0.1**", "finished",
+        "unet", "2 (seeds 0, 1)", "0.4200 [0.1659, 0.6741]", "0.7900 [0.6629, 0.9171]", "0.8900 [0.7629, 1.0171]",
+        "0.6600 [0.5329, 0.7871]", "—", "**7.76 M**", "**10.5 ± 0.7 min**", "**3.1 ± 0.1**", "finished",
     ]
     assert rows["resunet | 1 (seed 0)"] == [
         "resunet", "1 (seed 0)", "**0.3500**", "**0.8200**", "**0.9100**", "**0.7000**",
@@ -188,6 +190,8 @@ def test_csv_has_full_precision_and_status(sweep: Path) -> None:
     assert float(unet["test.dice_std"]) == pytest.approx(np.std([0.80, 0.78], ddof=1))
     assert float(unet["train_time_s_mean"]) == pytest.approx(630.0)
     assert unet["test.aji_mean"] == ""
+    assert unet["interval"] == "t over seeds (2)" and unet["test.aji_low"] == ""
+    assert float(unet["test.dice_high"]) == pytest.approx(0.79 + 12.706204736 * 0.01)
     assert float(rows[("resunet", "finished")]["test.aji_mean"]) == pytest.approx(0.61)
     assert float(rows[("resunet", "finished")]["test.loss_dice_mean"]) == pytest.approx(0.2)  # CSV only
     failed = rows[("linknet34", "failed")]
@@ -212,7 +216,9 @@ def test_rows_differing_in_config_get_labels(tmp_path: Path) -> None:
         ("unet (loss.name=bce)", 1),
     ]
     assert table.best["test.loss"] == {1}
-    assert format_value(table.groups[0], table.columns[0]) == "0.2000 ± 0.1414"
+    # loss 0.1 and 0.3: mean 0.2 ± t(0.975, 1) · 0.1414 / √2 = ± 1.2706
+    assert format_value(table.groups[0], table.columns[0], table.intervals[(0, "test.loss")]) == "0.2000 [-1.0706, 1.4706]"
+    assert format_value(table.groups[0], table.columns[0]) == "0.2000"
 
 
 def test_lever_rows_are_labelled_by_what_they_change(tmp_path: Path) -> None:
@@ -392,3 +398,94 @@ def test_tensorboard_layout_callback(tmp_path: Path) -> None:
     assert accumulator.Tags()["tensors"] == ["custom_scalars__config__"]
     assert len(accumulator.Tensors("custom_scalars__config__")) == 1
     TensorBoardLayout().on_fit_start(SimpleNamespace(is_global_zero=True, loggers=[]), None)
+
+
+# ---- intervals and paired comparison from test.per_image ------------------------------------
+
+
+def _per_image(dice_shift: float, with_instances: bool) -> list[dict[str, Any]]:
+    """Four images of 100 px each; the prediction gains ``dice_shift`` in true positives."""
+    records = []
+    for index, (tp, fp, fn) in enumerate([(40, 10, 10), (30, 5, 15), (50, 10, 0), (20, 10, 10)]):
+        tp = tp + round(100 * dice_shift)
+        tn = 100 - tp - fp - fn
+        record = {"name": f"img{index}", "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                  "dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn), "accuracy": (tp + tn) / 100}
+        if with_instances:
+            c, u = 30 + index + round(100 * dice_shift), 60
+            record.update({"aji": c / u, "aji_intersection": c, "aji_union": u,
+                           "pq_tp": 3, "pq_fp": 1, "pq_fn": 1, "pq_iou_sum": 2.4})
+        records.append(record)
+    return records
+
+
+def _pooled_test_block(records: list[dict[str, Any]]) -> dict[str, Any]:
+    tp, fp, fn, tn = (sum(record[key] for record in records) for key in ("tp", "fp", "fn", "tn"))
+    return {"loss": 0.3, "dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn),
+            "accuracy": (tp + tn) / (tp + fp + fn + tn), "num_images": len(records), "per_image": records}
+
+
+@pytest.fixture()
+def per_image_sweep(tmp_path: Path) -> Path:
+    """linknet34 (one run, per-image with instances, +5 px TP per image), unet (two seeds, per-image
+    pixel counts only), resunet (an older run without per_image)."""
+    root = tmp_path / "sweep"
+    _write_run(root, "0_model=linknet34", "linknet34", 0, _pooled_test_block(_per_image(0.05, True)))
+    _write_run(root, "1_model=unet", "unet", 0, _pooled_test_block(_per_image(0.0, False)))
+    _write_run(root, "2_model=unet,seed=1", "unet", 1, _pooled_test_block(_per_image(0.0, False)))
+    _write_run(root, "3_model=resunet", "resunet", 0, {"loss": 0.4, "dice": 0.7, "iou": 0.55, "accuracy": 0.8})
+    return root
+
+
+def test_one_run_rows_get_bootstrap_intervals_over_images(per_image_sweep: Path) -> None:
+    from nucseg.metrics.intervals import bootstrap_pooled, pooled_aji, pooled_dice
+
+    table = build_table(collect.collect_runs([per_image_sweep]), num_resamples=2000)
+    assert [column.title for column in table.columns][:6] == ["Loss", "Dice", "Accuracy", "IoU", "AJI", "PQ"]
+    records = _per_image(0.05, True)
+    counts = {key: [record[key] for record in records] for key in ("tp", "fp", "fn")}
+    expected = bootstrap_pooled(counts, pooled_dice, num_resamples=2000)
+    dice = table.intervals[(0, "test.dice")]
+    assert (dice.low, dice.high, dice.method, dice.n) == (expected.low, expected.high, "bootstrap over images", 4)
+    assert dice.low < dice.estimate < dice.high
+    # AJI is not in the test block: pooled from the records, C = 30+31+32+33 + 4·5 = 146, U = 240
+    aji = table.intervals[(0, "test.aji")]
+    assert table.groups[0].mean("test.aji") == pytest.approx(146 / 240) == aji.estimate
+    assert aji.low == bootstrap_pooled(
+        {"aji_intersection": [35, 36, 37, 38], "aji_union": [60] * 4}, pooled_aji, num_resamples=2000).low
+    # PQ: TP 12, FP 4, FN 4, IoU 9.6 -> DQ 12/16, SQ 0.8, PQ 0.6; identical images: zero width
+    assert table.groups[0].mean("test.pq") == pytest.approx(0.6)
+    cells = dict(zip(table.headers, (text for text, _ in table.cells(0)), strict=True))
+    assert cells["PQ"] == "0.6000 [0.6000, 0.6000]" and cells["Loss"] == "0.3000"  # no per-image loss
+    assert (1, "test.dice") in table.intervals and table.intervals[(1, "test.dice")].method == "t over seeds"
+    assert not any(row == 2 for row, _ in table.intervals)  # the older run: plain means
+    assert dict(zip(table.headers, (text for text, _ in table.cells(2)), strict=True))["Dice"] == "0.7000"
+
+
+def test_paired_comparison_of_the_best_row(per_image_sweep: Path) -> None:
+    table = build_table(collect.collect_runs([per_image_sweep]), num_resamples=2000)
+    # linknet34 gains 5 TP px on every image: per-image Dice differences all positive, not equal
+    assert [(row.metric, row.best, row.other) for row in table.paired] == [("dice", "linknet34", "unet")]
+    comparison = table.paired[0].comparison
+    differences = [a["dice"] - b["dice"] for a, b in zip(_per_image(0.05, True), _per_image(0.0, False), strict=True)]
+    assert comparison.mean_difference == pytest.approx(np.mean(differences))
+    assert comparison.n == 4 and comparison.verdict == "higher" and table.paired[0].verdict_text == "best higher"
+    assert comparison.p_value == pytest.approx(2 / 2**4)  # exact Wilcoxon, all four positive
+    assert min(differences) <= comparison.interval.low < comparison.interval.high <= max(differences)
+
+
+def test_main_writes_intervals_and_paired_section(per_image_sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main([str(per_image_sweep), "--out", str(out), "--no-examples", "--resamples", "500"]) == 0
+    markdown = (out / "comparison.md").read_text()
+    assert "percentile bootstrap over its test images" in markdown and "Student-t" in markdown
+    assert "## Paired comparison" in markdown and "500 resamples" in markdown
+    assert "| Dice | linknet34 | unet | 4 | +0.0253 | [+0.01" in markdown and "| 0.12 | best higher |" in markdown
+    header = (out / "comparison.csv").read_text().splitlines()[0].split(",")
+    assert header[7] == "interval" and "test.aji_low" in header and "test.dice_high" in header
+
+
+def test_main_rejects_a_percentage_confidence(per_image_sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([str(per_image_sweep), "--confidence", "95"])
+    assert "--confidence must be in (0, 1)" in capsys.readouterr().err

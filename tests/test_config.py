@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from conftest import CONFIG_DIR, REPO_ROOT
 from hydra.utils import instantiate
 
@@ -97,19 +98,23 @@ def test_long_override_lists_give_short_distinct_directory_names():
     assert short_dirname(long_a) != short_dirname(long_b)
 
 
-def test_cpu_recipe_v3_and_the_overrides_that_give_back_v2_and_v1(compose_train, monkeypatch, tmp_path):
-    """docs/results.md reproduces its v1 and v2 rows with overrides of the v3 config: keep them true."""
+def test_cpu_recipe_is_a_time_budget_and_the_overrides_give_back_v3_v2_and_v1(compose_train, monkeypatch, tmp_path):
+    """docs/results.md reproduces its v1–v3 rows with overrides of the budgeted config: keep them true."""
     monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
-    v3 = compose_train(["experiment=monuseg_cpu", "model=linknet34"], tiny=False)
-    assert v3.trainer.precision == "bf16-mixed" and v3.module.channels_last is True
-    assert v3.trainer.max_epochs == 46
-    v2_overrides = ["trainer.precision=32-true", "module.channels_last=false", "cpu_epochs={unet: 8, resunet: 6, linknet34: 22}"]
+    budget = compose_train(["experiment=monuseg_cpu", "model=linknet34"], tiny=False)
+    assert budget.trainer.precision == "auto" and budget.module.channels_last is True
+    assert budget.trainer.max_epochs == -1 and budget.trainer.max_time == "00:00:14:30"
+    assert budget.scheduler._target_ == "nucseg.schedules.CosineToBudget"
+    v3_epochs = "cpu_epochs={unet: 22, resunet: 20, linknet34: 46}"
+    v3 = compose_train(["experiment=monuseg_cpu", "model=linknet34", "scheduler=cosine", "trainer.precision=bf16-mixed", v3_epochs], tiny=False)
+    assert v3.trainer.max_epochs == 46 and v3.scheduler.T_max == 46
+    v2_overrides = ["scheduler=cosine", "trainer.precision=32-true", "module.channels_last=false", "cpu_epochs={unet: 8, resunet: 6, linknet34: 22}"]
     v2 = compose_train(["experiment=monuseg_cpu", "model=linknet34", *v2_overrides], tiny=False)
     assert v2.callbacks.ema.decay == 0.99 and v2.module.validation_inference.tta == "none"
     assert v2.trainer.max_epochs == 22 and v2.module.inference.tta == "flips"
     assert v2.trainer.precision == "32-true" and v2.module.channels_last is False
     v1_overrides = [
-        *v2_overrides[:2],
+        *v2_overrides[:3],
         "callbacks.ema=null",
         "module.validation_inference=null",
         "cpu_epochs={unet: 8, resunet: 6, linknet34: 20}",
@@ -118,3 +123,18 @@ def test_cpu_recipe_v3_and_the_overrides_that_give_back_v2_and_v1(compose_train,
     callbacks = [instantiate(callback) for callback in v1.callbacks.values() if callback]  # as the pipeline does
     assert "ExponentialMovingAverage" not in {type(callback).__name__ for callback in callbacks}
     assert v1.module.validation_inference is None and v1.trainer.max_epochs == 20
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_recipes_choose_precision_for_the_machine(compose_train, monkeypatch, tmp_path, experiment):
+    monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
+    assert compose_train([f"experiment={experiment}"], tiny=False).trainer.precision == "auto"
+
+
+def test_the_demo_trains_on_a_time_budget_with_a_schedule_that_follows_it(compose_train):
+    cfg = compose_train(["experiment=demo", "model=linknet34"], tiny=False)
+    assert cfg.trainer.max_time and cfg.scheduler._target_ == "nucseg.schedules.CosineToBudget"
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
+    assert "TrainingProgress" in {type(callback).__name__ for callback in callbacks}
+    optimizer = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+    assert type(instantiate(cfg.scheduler)(optimizer=optimizer)).__name__ == "CosineToBudget"

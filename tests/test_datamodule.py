@@ -122,3 +122,165 @@ def test_unknown_stain_reference_lists_the_training_images(tmp_path):
     datamodule = _datamodule(tmp_path, stain_reference="not_an_image")
     with pytest.raises(ValueError, match="stain_reference 'not_an_image' is not a training image; choose one of: synthetic_train_0000"):
         datamodule.setup("fit")
+
+
+# -- protocols and validation splits ------------------------------------------------------------
+
+KUMAR_ORGANS = {"a0": "a", "a1": "a", "a2": "a", "b0": "b", "b1": "b", "b2": "b", "c0": "c", "c1": "c"}
+KUMAR_JSON = {
+    "train": ["a0", "a1", "b0", "b1"],
+    "test_same_organ": ["a2", "b2"],
+    "test_different_organ": ["c0"],
+    "organ": KUMAR_ORGANS,
+    "alternative_split": {"train": ["a0", "a2", "b0", "b1"], "test_same_organ": ["a1", "b2"], "test_different_organ": ["c1"]},
+    "train12_val4": {"val": ["a1", "b0"]},
+}
+
+
+@pytest.fixture
+def kumar_root(tmp_path):
+    """A tiny MoNuSeg folder: 8 training images (3 organs), 1 test image, splits/kumar.json."""
+    import json
+
+    import tifffile
+
+    root = tmp_path / "monuseg"
+    xml = (
+        '<Annotations><Annotation><Regions><Region Id="1"><Vertices><Vertex X="2" Y="2"/><Vertex X="6" Y="2"/>'
+        '<Vertex X="6" Y="6"/><Vertex X="2" Y="6"/></Vertices></Region></Regions></Annotation></Annotations>'
+    )
+    rng = np.random.default_rng(0)
+    for split, names in (("train", sorted(KUMAR_ORGANS)), ("test", ["t0"])):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "annotations").mkdir()
+        for name in names:
+            tifffile.imwrite(root / split / "images" / f"{name}.tif", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+            (root / split / "annotations" / f"{name}.xml").write_text(xml)
+    (root / "splits").mkdir()
+    (root / "splits" / "kumar.json").write_text(json.dumps(KUMAR_JSON))
+    return root
+
+
+def _names(images):
+    return sorted(image.name for image in images)
+
+
+def test_official_protocol_keeps_the_earlier_random_split_and_has_no_subsets(kumar_root):
+    from nucseg.data.datamodule import MonusegDataModule
+
+    datamodule = MonusegDataModule(root=kumar_root, num_val_images=2, split_seed=3)
+    datamodule.setup(None)
+    expected_val = sorted(np.random.default_rng(3).choice(sorted(KUMAR_ORGANS), size=2, replace=False).tolist())
+    assert _names(datamodule.val_images) == expected_val
+    assert _names(datamodule.test_images) == ["t0"] and datamodule.test_subsets == {}
+    assert datamodule.protocol["split"] == "official" and datamodule.protocol["val_strategy"] == "random"
+    assert datamodule.protocol["val_images"] == expected_val and datamodule.protocol["test_images"] == ["t0"]
+
+
+def test_kumar_protocol_trains_and_tests_inside_the_training_folder(kumar_root):
+    from nucseg.data.datamodule import MonusegDataModule
+
+    datamodule = MonusegDataModule(root=kumar_root, split="kumar", num_val_images=2)
+    assert datamodule.test_subsets == {"same_organ": ["a2", "b2"], "different_organ": ["c0"]}
+    datamodule.setup("test")  # before fit: the stain reference comes from the Kumar training images
+    assert _names(datamodule.test_images) == ["a2", "b2", "c0"]
+    datamodule.setup("fit")
+    assert _names(datamodule.train_images + datamodule.val_images) == ["a0", "a1", "b0", "b1"]
+    assert sorted(KUMAR_ORGANS[name] for name in _names(datamodule.val_images)) == ["a", "b"]  # one per organ
+    protocol = datamodule.protocol
+    assert (protocol["split"], protocol["kumar_list"], protocol["val_strategy"]) == ("kumar", "hovernet", "organ")
+    assert protocol["split_file"] == str(kumar_root / "splits" / "kumar.json")
+    assert protocol["test_subsets"] == datamodule.test_subsets
+
+    alternative = MonusegDataModule(root=kumar_root, split="kumar", kumar_list="alternative", num_val_images=2)
+    alternative.setup(None)
+    assert _names(alternative.train_images + alternative.val_images) == ["a0", "a2", "b0", "b1"]
+    assert _names(alternative.test_images) == ["a1", "b2", "c1"]
+    # this file's proposal (a1, b0) is not inside the alternative training list: no proposal
+    proposal = MonusegDataModule(root=kumar_root, split="kumar", kumar_list="alternative", val_strategy="file")
+    with pytest.raises(ValueError, match="val_strategy=file needs the split file's validation proposal"):
+        proposal.setup("fit")
+
+
+def test_kumar_file_proposal_and_folds(kumar_root):
+    from nucseg.data.datamodule import MonusegDataModule
+
+    proposal = MonusegDataModule(root=kumar_root, split="kumar", val_strategy="file")
+    proposal.setup("fit")
+    assert _names(proposal.val_images) == ["a1", "b0"] and _names(proposal.train_images) == ["a0", "b1"]
+    seen = []
+    for fold in range(2):
+        datamodule = MonusegDataModule(root=kumar_root, split="kumar", num_folds=2, fold=fold)
+        datamodule.setup("fit")
+        val = _names(datamodule.val_images)
+        assert sorted(KUMAR_ORGANS[name] for name in val) == ["a", "b"]
+        assert datamodule.protocol["val_strategy"] == "folds" and datamodule.protocol["fold"] == fold
+        seen += val
+    assert sorted(seen) == ["a0", "a1", "b0", "b1"]
+
+
+def test_protocol_errors_are_one_line(kumar_root, tmp_path):
+    from nucseg.data.datamodule import MonusegDataModule
+
+    (kumar_root / "splits" / "kumar.json").rename(tmp_path / "moved.json")
+    with pytest.raises(ValueError, match=r"splits/kumar.json: split file not found"):
+        MonusegDataModule(root=kumar_root, split="kumar")
+    with pytest.raises(ValueError, match="data.fold must be between 0 and 2"):
+        NucleiDataModule(SyntheticSource(num_train_images=4, num_test_images=1, image_size=32), num_folds=3, fold=3)
+    with pytest.raises(ValueError, match="unknown data.val_strategy 'best'"):
+        NucleiDataModule(SyntheticSource(num_train_images=4, num_test_images=1, image_size=32), val_strategy="best")
+
+
+def test_kumar_names_missing_from_the_folder(kumar_root):
+    import json
+
+    from nucseg.data.datamodule import MonusegDataModule
+
+    (kumar_root / "splits" / "kumar.json").write_text(json.dumps({**KUMAR_JSON, "train": ["a0", "zz"]}))
+    datamodule = MonusegDataModule(root=kumar_root, split="kumar", num_val_images=1)
+    with pytest.raises(ValueError, match="kumar.json: train image.s. missing from the training folder: zz"):
+        datamodule.setup("fit")
+
+
+def test_synthetic_folds_cover_every_training_image_once():
+    held_out = []
+    for fold in range(3):
+        source = SyntheticSource(num_train_images=6, num_test_images=1, image_size=32)
+        datamodule = NucleiDataModule(source, num_folds=3, fold=fold)
+        datamodule.setup("fit")
+        assert len(datamodule.val_images) == 2 and len(datamodule.train_images) == 4
+        held_out += _names(datamodule.val_images)
+    assert sorted(held_out) == [f"synthetic_train_{i:04d}" for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.split=kumar"],
+        ["data.split=kumar", "data.kumar_list=alternative", "data.val_strategy=file"],
+        ["data.split=official", "data.val_strategy=organ", "data.num_val_images=3"],
+        ["data.split=kumar", "data.num_folds=2", "data.fold=1"],
+    ],
+    ids=["kumar", "alternative-file", "official-organ", "kumar-folds"],
+)
+def test_split_options_compose_into_the_monuseg_data_module(compose_train, kumar_root, overrides):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["data=monuseg", f"data.root={kumar_root}", *overrides], tiny=False)
+    datamodule = instantiate(cfg.data)
+    expected_split = "kumar" if "data.split=kumar" in overrides else "official"
+    assert datamodule.protocol["split"] == expected_split
+    expected_list = None if expected_split == "official" else "alternative" if "alternative" in str(overrides) else "hovernet"
+    assert datamodule.protocol.get("kumar_list") == expected_list
+    assert bool(datamodule.test_subsets) == (expected_split == "kumar")
+    assert datamodule.num_folds == (2 if "data.num_folds=2" in overrides else None)
+
+
+def test_split_options_compose_with_synthetic_data(compose_train):
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(compose_train(["data.num_folds=3", "data.fold=2"]).data)
+    assert (datamodule.num_folds, datamodule.fold, datamodule.val_strategy) == (3, 2, "random")
+    assert datamodule.protocol["split"] == "official" and datamodule.test_subsets == {}
+    default = instantiate(compose_train().data)
+    assert (default.num_folds, default.val_strategy, default.num_val_images) == (None, "random", 1)

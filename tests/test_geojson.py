@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 from skimage.draw import ellipse
 from skimage.draw import polygon as raster_polygon
@@ -135,7 +136,7 @@ def test_polygon_areas_match_pixel_counts_and_cover_the_nuclei() -> None:
         x, y = ring[:, 0], ring[:, 1]
         area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
         pixels = np.count_nonzero(labels == index)
-        assert feature["properties"]["measurements"]["Area px"] == pixels
+        assert feature["properties"]["measurements"]["Area px^2"] == pixels
         filled = np.count_nonzero(ndimage.binary_fill_holes(labels == index))  # holes are not rings
         assert abs(area - filled) <= max(2.0, 0.06 * filled), (index, area, filled)
         # rasterise the polygon at pixel centres: it should cover the nucleus
@@ -187,3 +188,73 @@ def test_overlay_draws_contours_between_touching_nuclei() -> None:
     drawn = overlay_contours(image, labels)
     assert (drawn[edge] == (0, 255, 0)).all() and (drawn[~edge] == 200).all()
     assert (image == 200).all(), "the input is not modified"
+
+
+def test_predicted_geojson_is_a_valid_qupath_feature_collection(tmp_path: Path) -> None:
+    """What predict writes: a FeatureCollection of valid detections with measurements in µm."""
+    shapely_geometry = pytest.importorskip("shapely.geometry")
+    from nucseg.inference.outputs import ImageGrid, OutputPaths, write_outputs
+
+    labels = labelled_nuclei()
+    image = np.full(labels.shape + (3,), (232, 196, 222), np.uint8)
+    image[labels > 0] = (92, 58, 140)
+    paths = OutputPaths.for_image(tmp_path, "n")
+    count = write_outputs(
+        image,
+        (labels > 0).astype(np.float32),
+        paths,
+        grid=ImageGrid.identity(*labels.shape, mpp=0.5),
+        model_mpp=0.25,
+    )
+    document = json.loads(paths.geojson.read_text(encoding="utf-8"))
+    assert document["type"] == "FeatureCollection" and len(document["features"]) == count > 30
+    labels = tifffile.imread(paths.labels)  # touching nuclei were merged by connected components
+    assert document["nucseg"] == {
+        "pixel_size_um": 0.5,
+        "model_pixel_size_um": 0.25,
+        "segmented_pixel_size_um": 0.5,
+        "units": "µm",
+    }
+    for feature in document["features"]:
+        assert_qupath_feature(feature)
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1] and len(ring) >= 4
+        x, y = np.asarray(ring).T
+        assert np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) > 0  # counter-clockwise (RFC 7946)
+        polygon = shapely_geometry.shape(feature["geometry"])
+        assert polygon.is_valid, feature["id"]
+        measurements = feature["properties"]["measurements"]
+        assert set(measurements) == {
+            "Label", "Centroid X µm", "Centroid Y µm", "Area µm^2", "Perimeter µm",
+            "Eccentricity", "Solidity", "Hematoxylin OD mean", "Eosin OD mean",
+        }  # fmt: skip
+        label = measurements["Label"]
+        assert measurements["Area µm^2"] == pytest.approx(np.count_nonzero(labels == label) * 0.25, rel=1e-5)
+        assert polygon.area * 0.25 == pytest.approx(measurements["Area µm^2"], rel=0.35, abs=1.0)
+        centroid = polygon.centroid
+        assert (centroid.x * 0.5, centroid.y * 0.5) == pytest.approx(
+            (measurements["Centroid X µm"], measurements["Centroid Y µm"]), abs=1.5
+        )
+        assert measurements["Hematoxylin OD mean"] > measurements["Eosin OD mean"] > 0
+    rows = paths.measurements.read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith(
+        "Label,Centroid X µm,Centroid Y µm,Area µm^2,Perimeter µm,Eccentricity,Solidity"
+    )
+    assert rows[0].endswith("Pixel size µm") and len(rows) == count + 1
+
+
+def test_measurements_are_in_pixels_when_the_pixel_size_is_unknown() -> None:
+    from nucseg.export.measurements import measure_nuclei
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:13] = 1  # 4 x 10 rectangle
+    image = np.full((20, 30, 3), 255, np.uint8)
+    table = measure_nuclei(labels, image, None, offset=(100, 0), scale=(2.0, 2.0))
+    assert table["Area px^2"][0] == 40 and table["Eccentricity"][0] > 0.9
+    assert table["Centroid X px"][0] == pytest.approx(8.0 * 2) and table["Centroid Y px"][0] == pytest.approx(
+        104 * 2
+    )
+    assert table["Hematoxylin OD mean"][0] == pytest.approx(0.0, abs=1e-6)  # white: no stain
+    microns = measure_nuclei(labels, image, 0.25)
+    assert microns["Area µm^2"][0] == pytest.approx(40 * 0.0625)
+    assert microns["Perimeter µm"][0] == pytest.approx(table["Perimeter px"][0] * 0.25)

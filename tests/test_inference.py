@@ -152,9 +152,27 @@ def test_integer_images_are_rejected() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_close_to_float32() -> None:
+    """amp is opt-in; when asked for, fp16 stays close to the float32 default."""
     net = small_fcn().cuda()
     image = torch.rand(1, 3, 300, 300)
     full = sliding_window_predict(image, net, tile_size=128, overlap=32, amp=False)
-    mixed = sliding_window_predict(image, net, tile_size=128, overlap=32)
+    mixed = sliding_window_predict(image, net, tile_size=128, overlap=32, amp=True)
     assert mixed.device.type == "cpu"
     assert (full - mixed).abs().max().item() < 1e-2
+
+
+def test_default_precision_is_float32_and_amp_is_opt_in() -> None:
+    """One precision rule for validation, test, evaluate and predict: float32 unless amp=True."""
+    seen: list[torch.dtype] = []
+
+    def net(tiles: torch.Tensor) -> torch.Tensor:
+        weight = torch.ones(1, 3, 1, 1)
+        out = torch.nn.functional.conv2d(tiles, weight)
+        seen.append(out.dtype)
+        return out
+
+    image = torch.rand(1, 3, 64, 64)
+    sliding_window_predict(image, net, tile_size=64, overlap=0)
+    assert seen == [torch.float32]
+    sliding_window_predict(image, net, tile_size=64, overlap=0, amp=True)
+    assert seen[-1] == torch.bfloat16

@@ -124,7 +124,7 @@ def test_aggregate_pooled_and_per_image() -> None:
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")  # the idle process never updates
 def test_metric_matches_aggregate_and_syncs_records() -> None:
     metric = InstanceMetrics()
-    metric.update(MERGED_TRUE, MERGED_PRED)
+    metric.update(MERGED_TRUE, MERGED_PRED, image_index=3)
     metric.update(torch.from_numpy(SPLIT_TRUE), torch.from_numpy(SPLIT_PRED))
     expected = aggregate_instance_metrics([instance_metrics(MERGED_TRUE, MERGED_PRED), instance_metrics(SPLIT_TRUE, SPLIT_PRED)])
     computed = metric.compute()
@@ -135,6 +135,9 @@ def test_metric_matches_aggregate_and_syncs_records() -> None:
     rows = torch.cat(metric.records)
     idle = InstanceMetrics(dist_sync_fn=lambda tensor, group=None: [rows, tensor], distributed_available_fn=lambda: True)
     assert {key: float(value) for key, value in idle.compute().items()} == pytest.approx(expected)
+    records = metric.per_image_records()
+    assert [record["image_index"] for record in records] == [3, -1]
+    assert records[1] == {"image_index": -1, **instance_metrics(SPLIT_TRUE, SPLIT_PRED)}
     metric.reset()
     assert metric.per_image_records() == []
 

@@ -18,7 +18,8 @@ from nucseg.data.monuseg import (
 )
 
 HEIGHT, WIDTH = 12, 16
-# One rectangle: columns 2..5 (x 1.5..5.5), rows 3..4 (y 2.5..4.5) = 8 pixels; one 3 x 3 square.
+# One rectangle x 1.5..5.5, y 2.5..4.5 = 8 pixels: 0-based columns 1..4, rows 2..3 by the organisers'
+# rule (1-based vertices), columns 2..5, rows 3..4 by the centre rule; one 3 x 3 square.
 XML = (
     "<Annotations><Annotation><Regions>"
     '<Region Id="1"><Vertices><Vertex X="1.5" Y="2.5"/><Vertex X="5.5" Y="2.5"/>'
@@ -71,7 +72,9 @@ def test_load_split_images_and_labels(root):
     np.testing.assert_array_equal(a.image, _rgb(0))  # LZW decoded through imagecodecs
     assert a.instance_labels.dtype == np.int32 and a.instance_labels.shape == (HEIGHT, WIDTH)
     assert np.bincount(a.instance_labels.ravel())[1:].tolist() == [8, 9]
-    assert (a.instance_labels[3:5, 2:6] == 1).all()
+    assert (a.instance_labels[2:4, 1:5] == 1).all()
+    centre = {item.name: item for item in load_monuseg_split(root, "train", annotation_rule="centre")}
+    assert (centre["a"].instance_labels[3:5, 2:6] == 1).all()
 
     b = images["b"].instance_labels  # ids 12 and 700 renumbered in order
     assert b.dtype == np.int32 and b.max() == 2
@@ -152,3 +155,21 @@ def test_label_map_png_and_bad_kinds(tmp_path):
         load_monuseg_entry(MonusegEntry("e", image_path, None, rgb_label))
     with pytest.raises(MonusegError, match="e.tif: no annotation"):
         load_monuseg_entry(MonusegEntry("e", image_path, None, None))
+
+
+@pytest.mark.parametrize("rule", ["organisers", "centre"])
+def test_annotation_rule_composes_into_the_data_module(compose_train, root, rule):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["data=monuseg", f"data.root={root}", f"data.annotation_rule={rule}"], tiny=False)
+    datamodule = instantiate(cfg.data)
+    assert datamodule.source.annotation_rule == rule
+    labels = datamodule.source.load_split("train")[0].instance_labels
+    assert (labels[2:4, 1:5] == 1).all() if rule == "organisers" else (labels[3:5, 2:6] == 1).all()
+
+
+def test_unknown_annotation_rule_is_one_line(root):
+    from nucseg.data.datamodule import MonusegDataModule
+
+    with pytest.raises(ValueError, match="unknown data.annotation_rule 'matlab'; expected one of organisers, centre"):
+        MonusegDataModule(root=root, annotation_rule="matlab")

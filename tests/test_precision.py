@@ -84,3 +84,76 @@ def test_the_test_step_runs_outside_the_trainers_autocast() -> None:
         module.validation_step(batch, 0)
         module.test_step(batch, 0)
     assert net.autocast_seen == [True, False]
+
+
+# -- precision: auto and channels_last: auto ------------------------------------------------------
+
+
+def test_auto_precision_is_float32_on_a_cpu_restricted_to_avx2() -> None:
+    """What an AVX2-only CPU looks like to torch; run in a fresh process, where torch reads the variables."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from nucseg.hardware import resolve_precision; c = resolve_precision('auto', 'cpu'); print(c.used, '|', c.reason)"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    used, reason = result.stdout.strip().split(" | ")
+    assert used == "32-true"
+    assert "emulated" in reason or "AVX512" not in reason
+
+
+@pytest.mark.parametrize(
+    ("has_instructions", "onednn_isa", "aten", "expected"),
+    [
+        (True, None, "AVX512", "bf16-mixed"),
+        (True, "AVX512_CORE_AMX", "AVX512", "bf16-mixed"),
+        (True, "AVX512_CORE", "AVX512", "32-true"),  # AVX-512 without its bf16 instructions: emulated
+        (True, "AVX2", "AVX512", "32-true"),
+        (True, None, "AVX2", "32-true"),
+        (False, None, "AVX512", "32-true"),
+    ],
+)
+def test_auto_precision_on_cpu_follows_the_instructions_torch_may_use(monkeypatch, has_instructions, onednn_isa, aten, expected):
+    import nucseg.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16_instructions", lambda: has_instructions)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if onednn_isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_isa)
+    choice = hardware.resolve_precision("auto", "cpu")
+    assert (choice.requested, choice.used) == ("auto", expected) and choice.reason
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_precision_on_cuda(monkeypatch, bf16, expected):
+    from nucseg.hardware import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "a GPU")
+    assert resolve_precision("auto", "gpu").used == expected
+
+
+def test_an_explicit_precision_is_used_as_given():
+    from nucseg.hardware import resolve_precision
+
+    assert resolve_precision("bf16-mixed", "cpu").as_dict() == {"requested": "bf16-mixed", "used": "bf16-mixed", "reason": "set explicitly"}
+    assert resolve_precision(None, "cpu").requested == "auto"
+
+
+def test_auto_channels_last_is_on_where_it_is_faster_and_off_where_it_crashes():
+    from nucseg.hardware import resolve_channels_last
+
+    crashing, fine = build_model("resunet", width=4), build_model("resunet", width=16)
+    off = resolve_channels_last("auto", crashing, "cpu")
+    assert off.used is False and "crash" in off.reason
+    assert resolve_channels_last("auto", fine, "cpu").used is True
+    assert resolve_channels_last("auto", crashing, "cuda").used is True
+    assert resolve_channels_last(False, fine, "cpu").used is False
+    assert resolve_channels_last(True, crashing, "cpu").used is True  # forced: the module's guard then speaks
+    with pytest.raises(ValueError, match="true, false or auto"):
+        resolve_channels_last("yes", fine, "cpu")

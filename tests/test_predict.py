@@ -204,3 +204,34 @@ def test_module_entry_point_runs() -> None:
         timeout=120,
     )
     assert completed.returncode == 0 and "--checkpoint" in completed.stdout
+
+
+def test_mpp_option_resamples_and_png_can_be_switched_off(
+    fake_model: FakeModule, image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = [str(image_folder / "rgb.png"), "-c", "run", "-o", str(out), "--no-progress"]
+    assert predict_cli.main(args + ["--mpp", "0.5", "--no-png"]) == 0
+    assert "0.5 µm/px, resampled to 0.25" in capsys.readouterr().out
+    assert not (out / "rgb_mask.png").exists() and not (out / "rgb_overlay.png").exists()
+    labels = tifffile.imread(out / "rgb_labels.tif")
+    assert labels.shape == (300, 340) and labels.max() > 5  # the input's grid
+    header = (out / "rgb_nuclei.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert "Area µm^2" in header
+    document = json.loads((out / "rgb.geojson").read_text(encoding="utf-8"))
+    assert document["nucseg"]["pixel_size_um"] == 0.5 and len(document["features"]) > 5
+    assert predict_cli.main(args + ["--mpp", "300"]) == 2
+    assert "--mpp 300" in capsys.readouterr().err
+
+
+def test_unknown_pixel_size_is_said_once_per_file_and_units_are_pixels(
+    fake_model: FakeModule, image_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        code = predict_cli.main([str(image_folder / "rgb.png"), "-c", "run", "-o", str(out), "--no-progress"])
+    assert code == 0
+    unknown = [r.getMessage() for r in caplog.records if "pixel size unknown" in r.getMessage()]
+    assert len(unknown) == 1 and "rgb.png" in unknown[0]
+    assert "Area px^2" in (out / "rgb_nuclei.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert (out / "rgb_mask.png").is_file()  # small images get PNGs by default

@@ -241,6 +241,26 @@ def test_cache_misses_for_other_fingerprint(fitted, tmp_path):
     assert len(list(tmp_path.glob("*.npy"))) == 2
 
 
+def test_cache_misses_for_other_torch_or_torchstain_versions(fitted, tmp_path, monkeypatch):
+    import torch
+
+    from nucseg.data import stain
+
+    assert f"torch={torch.__version__}|torchstain=" in stain.library_versions()
+    cache = StainNormalizationCache(tmp_path)
+    image = shifted_he()
+    cache.normalize(image, fitted)
+    current = stain.library_versions()
+    for other in (current.replace("torch=", "torch=0.0+"), current.replace("torchstain=", "torchstain=0.0+")):
+        monkeypatch.setattr(stain, "library_versions", lambda other=other: other)
+        cache.normalize(image, fitted)
+    assert (cache.hits, cache.misses) == (0, 3)
+    assert len(list(tmp_path.glob("*.npy"))) == 3
+    monkeypatch.setattr(stain, "library_versions", lambda: current)
+    cache.normalize(image, fitted)
+    assert cache.hits == 1
+
+
 def test_truncated_cache_file_is_recomputed(fitted, tmp_path):
     cache = StainNormalizationCache(tmp_path)
     image = shifted_he()

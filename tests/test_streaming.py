@@ -382,7 +382,7 @@ def test_streamed_outputs_equal_in_memory_outputs(tmp_path: Path) -> None:
     tiff = tmp_path / "image.tif"
     tifffile.imwrite(tiff, image, tile=(128, 128), compression="zlib", photometric="rgb")
     net = DarknessNet()
-    settings = PostprocessSettings(min_size=5)
+    settings = PostprocessSettings(min_size=5, band_rows=64, max_object_rows=32)  # seams every 64 rows
     logits = sliding_window_predict(torch.from_numpy(image).permute(2, 0, 1).float() / 255, net, 128, 32)
     memory = OutputPaths.for_image(tmp_path / "memory", "image", probability=True)
     streamed = OutputPaths.for_image(tmp_path / "streamed", "image", probability=True)
@@ -405,6 +405,7 @@ def test_streamed_outputs_equal_in_memory_outputs(tmp_path: Path) -> None:
         for p in (memory.geojson, streamed.geojson)
     ]
     assert rings[0] == rings[1]
+    assert memory.measurements.read_text() == streamed.measurements.read_text()
     assert not list(streamed.labels.parent.glob(".nucseg-rows-*")), "temporary row files must be removed"
 
 

@@ -70,7 +70,7 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_two_model_multirun_writes_two_metrics_files_and_evaluate_rewrites_one(tmp_path):
+def test_two_model_multirun_writes_two_metrics_files_and_evaluate_writes_beside_them(tmp_path):
     overrides = [o for o in TINY_OVERRIDES if "widths" not in o] + ["+widths={unet: 4, resunet: 4}"]
     result = _run(["train.py", "-m", "model=unet,resunet", f"paths.log_dir={tmp_path / 'logs'}", *overrides], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -86,12 +86,19 @@ def test_two_model_multirun_writes_two_metrics_files_and_evaluate_rewrites_one(t
 
     run_dir = metrics_files[0].parent
     before = json.loads(metrics_files[0].read_text())
-    result = _run(["evaluate.py", f"run_dir={run_dir}", f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
+    # a plain path works as the run directory; the run's own metrics.json is left as it is
+    result = _run(["evaluate.py", str(run_dir), f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    after = json.loads(metrics_files[0].read_text())
+    assert json.loads(metrics_files[0].read_text()) == before
+    after = json.loads((run_dir / "evaluations" / "test.json").read_text())
     assert after["test"]["dice"] == pytest.approx(before["test"]["dice"], abs=1e-6)
-    assert after["train_time_s"] == before["train_time_s"]
+    assert [r["name"] for r in after["test"]["per_image"]] == [r["name"] for r in before["test"]["per_image"]]
     assert after["evaluated_checkpoint"].endswith("best.ckpt")
+    # the validation images, under a name that says so
+    result = _run(["evaluate.py", f"run_dir={run_dir}", "split=val", f"paths.log_dir={tmp_path / 'logs'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    validation = json.loads((run_dir / "evaluations" / "val.json").read_text())
+    assert [r["name"] for r in validation["test"]["per_image"]] == before["protocol"]["val_images"]
 
 
 # -- targets: contour end to end, the model x target sweep, old binary checkpoints -------------------

@@ -31,12 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-examples", action="store_true", help="skip examples.png (no checkpoint loading)")
     add("--crop-size", type=int, default=256, help="side of the example crops in pixels")
     add("--num-images", type=int, default=3, help="test images that give one example crop each")
+    add("--resamples", type=int, default=10_000, help="bootstrap resamples of the test images (intervals, paired comparison)")
+    add("--confidence", type=float, default=0.95, help="nominal coverage of the intervals")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 on success (crashed runs included), 1 when there is nothing to compare."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 < args.confidence < 1.0:
+        parser.error(f"--confidence must be in (0, 1), e.g. 0.95; got {args.confidence}")
+    if args.resamples < 1:
+        parser.error(f"--resamples must be at least 1; got {args.resamples}")
     # WARNING, not INFO: TensorBoard's event reader logs a line per file at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -65,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         examples=not args.no_examples,
         crop_size=args.crop_size,
         num_images=args.num_images,
+        num_resamples=args.resamples,
+        confidence=args.confidence,
     )
 
     from rich.console import Console
@@ -73,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=200)
     title = f"Test set: {len(runs)} runs from {', '.join(map(str, paths))}"
     console.print(outputs.table.to_rich(title=title))
+    paired = outputs.table.paired_to_rich(title="Paired comparison: best row by Dice against each other row, per image")
+    if paired is not None:
+        console.print(paired)
     for written in (outputs.markdown, outputs.csv, outputs.curves, outputs.examples):
         if written is not None:
             console.print(f"wrote {written}", highlight=False)

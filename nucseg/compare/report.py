@@ -17,6 +17,8 @@ from nucseg.compare.collect import RunRecord
 from nucseg.compare.curves import curves_for_runs, plot_curves
 from nucseg.compare.examples import crops_from_runs, plot_examples
 from nucseg.compare.table import ComparisonTable, build_table
+from nucseg.compare.uncertainty import paired_markdown
+from nucseg.metrics.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from nucseg.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ def write_comparison(
     examples: bool = True,
     crop_size: int = 256,
     num_images: int = 3,
+    num_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> ComparisonOutputs:
     """Build the table from ``runs`` and write every output into ``out_dir``.
 
@@ -50,10 +54,12 @@ def write_comparison(
         examples: whether to load checkpoints and draw examples.png (slow on CPU).
         crop_size: side of the example crops.
         num_images: number of test images that give one example crop each.
+        num_resamples: bootstrap resamples of the test images (intervals, paired comparison).
+        confidence: nominal coverage of the intervals.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = build_table(runs)
+    table = build_table(runs, num_resamples=num_resamples, confidence=confidence)
     finished = {group.label: group.runs for group in table.groups if group.finished}
 
     curves_path = plot_curves(curves_for_runs(finished), out_dir / "curves.png") if finished else None
@@ -89,19 +95,36 @@ def render_markdown(
 ) -> str:
     """The comparison.md document: table, run folders per row, and the figures."""
     finished = sum(run.finished for run in runs)
+    shown = [column.title for column in table.columns if column.key in ("test.aji", "test.pq")]
+    instances = f", {' and '.join(shown)} over all test nuclei (sums over images)" if shown else ""
     where = ", ".join(f"`{source}`" for source in sources) or "the given folders"
     lines = [
         "# Model comparison",
         "",
         f"Test-set results of {len(runs)} runs ({finished} finished) from {where}. Loss, Dice, Accuracy "
-        "and IoU are pooled over all test pixels; a row of several runs (seeds) shows mean ± sample "
-        "standard deviation; the best value of each column is in bold.",
+        f"and IoU are pooled over all test pixels{instances}; a row of several "
+        "runs (seeds) shows their mean; the best mean of each column is in bold. "
+        f"{table.interval_note()} Params, train time and patches/s show mean ± sample standard deviation.",
         "",
         table.to_markdown().rstrip("\n"),
         "",
-        "Run folders per row:",
-        "",
     ]
+    if table.paired:
+        best = table.paired[0].best
+        resamples = f"{table.num_resamples:,}".replace(",", " ")
+        lines += [
+            "## Paired comparison",
+            "",
+            f"The row of best mean Dice, {best}, against each other row on the test images both scored "
+            "(a row of several seeds contributes each image's mean over its seeds): mean of the per-image "
+            f"differences, its {table.confidence * 100:g} % paired percentile bootstrap interval over images "
+            f"({resamples} resamples), and the two-sided Wilcoxon signed-rank p-value. A difference is "
+            "claimed only where the interval excludes 0.",
+            "",
+            paired_markdown(table.paired, table.confidence).rstrip("\n"),
+            "",
+        ]
+    lines += ["Run folders per row:", ""]
     for group in table.groups:
         folders = ", ".join(f"`{_relative(run.path, out_dir)}`" for run in group.runs)
         lines.append(f"- {group.label} ({group.status}): {folders}")

@@ -1,8 +1,11 @@
 """Group runs into rows and render the comparison table as Markdown, CSV and a rich table.
 
-Runs that share a model and a config, apart from the seed, are one row with mean ± sample
-standard deviation (ddof=1), because that is how a seed sweep is read. A run that did not
-finish is a row of its own that says why, so that nothing a user started disappears silently.
+Runs that share a model and a config, apart from the seed, are one row. A metric's mean comes
+with a 95 % interval (:mod:`nucseg.compare.uncertainty`): a t-interval over the seeds of a row
+of several runs, a bootstrap over test images for a row of one run that recorded
+``test.per_image``; costs (params, time, rate) show mean ± sample standard deviation (ddof=1).
+A run that did not finish is a row of its own that says why, so that nothing a user started
+disappears silently.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nucseg.compare.collect import RunRecord
+from nucseg.compare.uncertainty import PairedRow, metric_interval, paired_rows, pooled_from_records
+from nucseg.metrics.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval
 
 # Keys of metrics.json's "test" block that are pixel metrics; any other numeric key there
 # except loss terms (``loss_<term>``) is an instance metric (AJI, PQ, object F1, ...) and gets its
@@ -35,6 +40,13 @@ PIXEL_TEST_KEYS = (
     "num_images",
 )
 RUN_KEYS = ("params", "train_time_s", "train_patches_per_s", "epochs")
+# Instance metrics shown in the table, in this order, when a run reports them (in its test block
+# or through per-image counts); the other keys of nucseg.metrics.instance (AJI+, DQ, SQ, object
+# precision/recall/F1/Dice, and every ``<metric>_per_image`` mean) go to the CSV only.
+INSTANCE_TABLE_KEYS = ("aji", "pq")
+INSTANCE_CSV_KEYS = frozenset(
+    {"aji_plus", "dq", "sq", "object_precision", "object_recall", "object_f1", "object_dice"}
+)
 
 # Config keys that differ between runs of one sweep without making them different
 # experiments: the seed and everything that names the run's own folder.
@@ -94,10 +106,16 @@ class RunGroup:
         return sorted(run.seed for run in self.runs if run.seed is not None)
 
     def values(self, key: str) -> list[float]:
-        """Finite numeric values of ``key`` over the row's runs."""
+        """Finite numeric values of ``key`` over the row's runs.
+
+        A pooled metric absent from a run's test block (``test.aji`` of a run that only recorded
+        per-image counts) is recomputed from ``test.per_image``.
+        """
         found = []
         for run in self.runs:
             value = _lookup(run.metrics or {}, key)
+            if value is None and key.startswith("test.") and key.removeprefix("test.") not in _test_block(run):
+                value = pooled_from_records(run, key.removeprefix("test."))
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 found.append(float(value))
         return found
@@ -115,11 +133,25 @@ class RunGroup:
 
 @dataclass
 class ComparisonTable:
-    """Rows, columns and the best row per column; renders itself in three formats."""
+    """Rows, columns, the best row per column, intervals and the paired comparison of the rows.
+
+    Attributes:
+        groups: the rows.
+        columns: the numeric columns.
+        best: per column key, the indices of the rows holding the best mean.
+        intervals: per (row index, column key), the interval shown next to the mean.
+        paired: the best row (by mean Dice) against each other row, image by image.
+        confidence: nominal coverage of every interval.
+        num_resamples: bootstrap resamples behind the intervals and the paired comparison.
+    """
 
     groups: list[RunGroup]
     columns: list[Column]
     best: dict[str, set[int]] = field(default_factory=dict)
+    intervals: dict[tuple[int, str], Interval] = field(default_factory=dict)
+    paired: list[PairedRow] = field(default_factory=list)
+    confidence: float = DEFAULT_CONFIDENCE
+    num_resamples: int = DEFAULT_RESAMPLES
 
     @property
     def headers(self) -> list[str]:
@@ -131,7 +163,7 @@ class ComparisonTable:
         group = self.groups[index]
         row = [(group.label, False), (_runs_text(group), False)]
         for column in self.columns:
-            text = format_value(group, column) if group.finished else "—"
+            text = format_value(group, column, self.intervals.get((index, column.key))) if group.finished else "—"
             row.append((text, index in self.best.get(column.key, set())))
         row.append((_status_text(group), False))
         return row
@@ -143,16 +175,30 @@ class ComparisonTable:
             lines.append(_md_row([f"**{text}**" if best else text for text, best in self.cells(index)]))
         return "\n".join(lines) + "\n"
 
+    def interval_note(self) -> str:
+        """One sentence saying which interval each kind of row shows."""
+        percent = f"{self.confidence * 100:g} %"
+        return (
+            f"[low, high]: {percent} interval of the mean; a row of several seeds shows the Student-t "
+            "interval over its seeds, a row of one run the percentile bootstrap over its test images "
+            "(pooled metrics recomputed from the resampled images' counts); a value without brackets "
+            "is a run without per-image records."
+        )
+
     def to_csv(self) -> str:
-        """Every numeric key as ``<key>_mean`` and ``<key>_std``, full precision, one row per group."""
+        """Every numeric key as ``<key>_mean``, ``_std``, ``_low``, ``_high``, full precision, one row per group.
+
+        ``_low``/``_high`` are the interval of the table (empty where it shows none); the
+        ``interval`` column names its method per row.
+        """
         keys = _all_numeric_keys(self.groups)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(
-            ["label", "model", "status", "error", "n_runs", "seeds", "runs"]
-            + [f"{key}_{stat}" for key in keys for stat in ("mean", "std")]
+            ["label", "model", "status", "error", "n_runs", "seeds", "runs", "interval"]
+            + [f"{key}_{stat}" for key in keys for stat in ("mean", "std", "low", "high")]
         )
-        for group in self.groups:
+        for index, group in enumerate(self.groups):
             row: list[Any] = [
                 group.label,
                 group.model,
@@ -161,19 +207,60 @@ class ComparisonTable:
                 len(group.runs),
                 ";".join(str(seed) for seed in group.seeds),
                 ";".join(str(run.path) for run in group.runs),
+                self._interval_method(index),
             ]
             for key in keys:
                 mean, std = group.mean(key), group.std(key)
+                interval = self.intervals.get((index, key))
+                bounds = (interval.low, interval.high) if interval is not None and interval.has_bounds else None
                 row += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+                row += ["", ""] if bounds is None else [repr(bounds[0]), repr(bounds[1])]
             writer.writerow(row)
         return buffer.getvalue()
+
+    def _interval_method(self, index: int) -> str:
+        """The row's interval method with its n (``t over seeds (3)``), empty without intervals."""
+        methods = {
+            f"{interval.method} ({interval.n})"
+            for (row, _), interval in self.intervals.items()
+            if row == index and interval.has_bounds
+        }
+        return "; ".join(sorted(methods))
+
+    def paired_to_rich(self, title: str | None = None) -> Any:
+        """The paired comparison as a ``rich.table.Table`` (None when there is none)."""
+        if not self.paired:
+            return None
+        from rich.table import Table
+
+        table = Table(title=title)
+        percent = f"{self.confidence * 100:g} %"
+        for header in ("Metric", "Best row", "Other row"):
+            table.add_column(header)
+        for header in ("Images", "Best − other", f"{percent} interval", "Wilcoxon p"):
+            table.add_column(header, justify="right")
+        table.add_column("Verdict")
+        for row in self.paired:
+            comparison = row.comparison
+            table.add_row(
+                row.title,
+                row.best,
+                row.other,
+                str(comparison.n),
+                f"{comparison.mean_difference:+.4f}",
+                f"[{comparison.interval.low:+.4f}, {comparison.interval.high:+.4f}]",
+                f"{comparison.p_value:.2g}",
+                row.verdict_text,
+                style="bold" if comparison.excludes_zero else "",
+            )
+        return table
 
     def to_rich(self, title: str | None = None) -> Any:
         """A ``rich.table.Table`` with the Markdown's cells; best in bold, failures in red."""
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=title, show_lines=False)
+        table = Table(title=title, show_lines=False, caption=Text(self.interval_note()))
         for index, header in enumerate(self.headers):
             numeric = 2 <= index < 2 + len(self.columns)
             wraps = index == len(self.headers) - 1  # only the status, which may hold an error message
@@ -181,19 +268,46 @@ class ComparisonTable:
             table.add_column(header, justify=justify, no_wrap=not wraps, overflow="fold")
         for index, group in enumerate(self.groups):
             row_style = "" if group.finished else "yellow" if group.status == "running or crashed" else "red"
-            table.add_row(
-                *(Text(text, style="bold" if best else row_style) for text, best in self.cells(index))
-            )
+            # The interval goes under the mean, so that a column stays as narrow as its numbers.
+            cells = self.cells(index)
+            texts = [text.replace(" [", "\n[") if 2 <= i < 2 + len(self.columns) else text for i, (text, _) in enumerate(cells)]
+            table.add_row(*(Text(text, style="bold" if best else row_style) for text, (_, best) in zip(texts, cells, strict=True)))
         return table
 
 
-def build_table(runs: Sequence[RunRecord]) -> ComparisonTable:
-    """Group ``runs`` into rows, choose the columns and mark the best row of each column."""
+def build_table(
+    runs: Sequence[RunRecord],
+    num_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> ComparisonTable:
+    """Group ``runs`` into rows, choose the columns, mark the best rows, add intervals and the paired comparison.
+
+    Args:
+        runs: the runs, finished or not.
+        num_resamples: bootstrap resamples of the test images (intervals and paired comparison).
+        confidence: nominal coverage of every interval.
+    """
     groups = group_runs(runs)
     columns = _columns(groups)
-    table = ComparisonTable(groups=groups, columns=columns)
+    table = ComparisonTable(groups=groups, columns=columns, confidence=confidence, num_resamples=num_resamples)
     for column in columns:
         table.best[column.key] = _best_rows(groups, column)
+    for index, group in enumerate(groups):
+        if not group.finished:
+            continue
+        for key in _all_numeric_keys([group]):
+            if key in RUN_KEYS or key == "test.num_images":
+                continue
+            interval = metric_interval(group.runs, key, group.values(key), num_resamples, confidence)
+            if interval is not None and interval.has_bounds:
+                table.intervals[(index, key)] = interval
+    finished = [group for group in groups if group.finished]
+    table.paired = paired_rows(
+        {group.label: group.runs for group in finished},
+        {group.label: group.mean("test.dice") for group in finished},
+        num_resamples,
+        confidence,
+    )
     return table
 
 
@@ -223,11 +337,19 @@ def config_identity(run: RunRecord) -> str:
     return json.dumps(_comparable_config(run), sort_keys=True, default=str)
 
 
-def format_value(group: RunGroup, column: Column) -> str:
-    """Format the row's mean (± std) of ``column`` for a reader; ``—`` when absent."""
+def format_value(group: RunGroup, column: Column, interval: Interval | None = None) -> str:
+    """Format the row's mean of ``column`` for a reader; ``—`` when absent.
+
+    A metric shows ``mean [low, high]`` when ``interval`` has bounds, else the plain mean; costs
+    show mean ± sample std over the row's runs.
+    """
     mean, std = group.mean(column.key), group.std(column.key)
     if mean is None:
         return "—"
+    if column.kind == "metric":
+        if interval is not None and interval.has_bounds:
+            return f"{mean:.4f} [{interval.low:.4f}, {interval.high:.4f}]"
+        return f"{mean:.4f}"
     if column.kind == "params":
         return f"{mean / 1e6:.2f} M"
     if column.kind == "time":
@@ -247,14 +369,21 @@ def _columns(groups: Iterable[RunGroup]) -> list[Column]:
         Column("test.accuracy", "Accuracy", "metric", higher_is_better=True),
         Column("test.iou", "IoU", "metric", higher_is_better=True),
     ]
-    instance_keys: list[str] = []
+    groups = list(groups)
+    shown: set[str] = set()
+    extra_keys: list[str] = []
     for group in groups:
         for run in group.runs:
-            for key, value in ((run.metrics or {}).get("test") or {}).items():
+            for key in INSTANCE_TABLE_KEYS:
+                if key in _test_block(run) or pooled_from_records(run, key) is not None:
+                    shown.add(key)
+            for key, value in _test_block(run).items():
                 numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
                 loss_term = key.startswith("loss_")  # terms of a composite loss: CSV only
-                if numeric and not loss_term and key not in PIXEL_TEST_KEYS and key not in instance_keys:
-                    instance_keys.append(key)
+                csv_only = key in INSTANCE_CSV_KEYS or key.endswith("_per_image") or key in INSTANCE_TABLE_KEYS
+                if numeric and not loss_term and not csv_only and key not in PIXEL_TEST_KEYS and key not in extra_keys:
+                    extra_keys.append(key)
+    instance_keys = [key for key in INSTANCE_TABLE_KEYS if key in shown] + extra_keys
     for key in instance_keys:
         lower = any(word in key.lower() for word in _LOWER_IS_BETTER_WORDS)
         title = _KNOWN_TITLES.get(key, key)
@@ -264,6 +393,8 @@ def _columns(groups: Iterable[RunGroup]) -> list[Column]:
         Column("train_time_s", "Train time", "time", higher_is_better=False),
         Column("train_patches_per_s", "Patches/s", "rate", higher_is_better=True),
     ]
+    if any((run.metrics or {}).get("progress") for group in groups for run in group.runs):  # newer runs record it
+        columns.append(Column("progress.epochs_trained", "Epochs", "rate", higher_is_better=True))
     return columns
 
 
@@ -345,14 +476,26 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _all_numeric_keys(groups: Iterable[RunGroup]) -> list[str]:
-    """Every numeric ``test.*`` key and run key any row reports, in schema order."""
+    """Every numeric ``test.*`` key and run key any row reports, in schema order.
+
+    Pooled instance metrics that a run only records through per-image counts count as reported.
+    """
     keys = [f"test.{key}" for key in PIXEL_TEST_KEYS]
     for group in groups:
         for run in group.runs:
-            for key, value in ((run.metrics or {}).get("test") or {}).items():
+            for key, value in _test_block(run).items():
                 if isinstance(value, (int, float)) and f"test.{key}" not in keys:
                     keys.append(f"test.{key}")
+            for key in INSTANCE_TABLE_KEYS:
+                if f"test.{key}" not in keys and pooled_from_records(run, key) is not None:
+                    keys.append(f"test.{key}")
     return keys + list(RUN_KEYS)
+
+
+def _test_block(run: RunRecord) -> dict[str, Any]:
+    """The run's ``test`` block of metrics.json, ``{}`` when it has none."""
+    test = (run.metrics or {}).get("test")
+    return test if isinstance(test, dict) else {}
 
 
 def _lookup(mapping: dict[str, Any], dotted: str) -> Any:

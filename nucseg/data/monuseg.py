@@ -8,6 +8,11 @@ Expected layout under the data root (see the data set's README)::
 
 Each image needs an XML annotation or a label map; where both exist the XML is used, because it
 is the original annotation and label maps are derived from it.
+
+This module reads one file at a time and stops at the first problem; :mod:`nucseg.data.check`
+checks a whole root first (``python -m nucseg.data.check ROOT``), reporting every problem at once
+and listing what is converted or skipped (the XML-over-label-map choice, orphan annotations,
+alpha / greyscale / 16-bit images, clipped or degenerate regions). Training runs it first.
 """
 
 from __future__ import annotations
@@ -140,14 +145,17 @@ def _find_label(labels_dir: Path, name: str) -> Path | None:
     return None
 
 
-def load_monuseg_entry(entry: MonusegEntry) -> AnnotatedImage:
+def load_monuseg_entry(entry: MonusegEntry, annotation_rule: str = "organisers") -> AnnotatedImage:
     """Read an entry's image and build its instance labels (XML preferred over a label map).
 
     Args:
         entry: from ``list_monuseg_split``.
+        annotation_rule: how an XML is rasterised (``rasterize_polygons``'s ``rule``).
 
     Returns:
-        The image (H, W, 3) uint8 with (H, W) int32 consecutive instance labels.
+        The image (H, W, 3) uint8 with (H, W) int32 instance labels: from an XML, ids are the
+        ``<Region>`` positions (gaps where a region has no pixel; 1..K with ``"centre"``); from a
+        label map, consecutive ids.
 
     Raises:
         ImageReadError: the image or label map cannot be read (a ValueError naming the file).
@@ -158,7 +166,7 @@ def load_monuseg_entry(entry: MonusegEntry) -> AnnotatedImage:
     image = read_rgb_image(entry.image_path)
     shape = image.shape[:2]
     if entry.annotation_path is not None:
-        labels = xml_to_instance_labels(entry.annotation_path, shape)
+        labels = xml_to_instance_labels(entry.annotation_path, shape, rule=annotation_rule)
     elif entry.label_path is not None:
         labels = read_label_map(entry.label_path, shape)
     else:
@@ -198,12 +206,15 @@ def read_label_map(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.n
     return relabel_consecutive(labels)
 
 
-def load_monuseg_split(root: str | os.PathLike[str] | None, split: str) -> list[AnnotatedImage]:
+def load_monuseg_split(
+    root: str | os.PathLike[str] | None, split: str, annotation_rule: str = "organisers"
+) -> list[AnnotatedImage]:
     """Load every image of a split with its instance labels, sorted by name.
 
     Args:
         root: the data root (None: ``$MONUSEG_ROOT``).
         split: ``"train"`` or ``"test"``.
+        annotation_rule: how XML annotations are rasterised (see ``load_monuseg_entry``).
 
     Returns:
         One ``AnnotatedImage`` per image.
@@ -213,11 +224,11 @@ def load_monuseg_split(root: str | os.PathLike[str] | None, split: str) -> list[
             ``load_monuseg_entry``; each names the offending file.
     """
     entries = list_monuseg_split(root, split)
-    images = [load_monuseg_entry(entry) for entry in entries]
+    images = [load_monuseg_entry(entry, annotation_rule) for entry in entries]
     logger.info(
         "MoNuSeg %s: %d images, %d nuclei",
         split,
         len(images),
-        sum(int(item.instance_labels.max(initial=0)) for item in images),
+        sum(int(np.count_nonzero(np.bincount(item.instance_labels.ravel())[1:])) for item in images),
     )
     return images

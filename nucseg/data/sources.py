@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from nucseg.data.annotations import ANNOTATION_RULES
 from nucseg.data.monuseg import load_monuseg_split, resolve_monuseg_root
 from nucseg.data.synthetic import make_synthetic_set
 from nucseg.data.types import AnnotatedImage
@@ -34,14 +35,26 @@ class MonusegSource:
     Args:
         root: the folder holding ``train/`` and ``test/``; ``None`` reads ``$MONUSEG_ROOT``.
             Checked here, so a wrong root fails before any training starts.
+        annotation_rule: how XML outlines become pixels: ``"organisers"`` (the official ground
+            truth, MATLAB ``poly2mask``, first region wins) or ``"centre"`` (the earlier
+            scikit-image fill, later region wins; for side-by-side scoring only). See
+            :func:`nucseg.data.annotations.rasterize_polygons`.
+
+    Raises:
+        ValueError: unknown ``annotation_rule``.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, annotation_rule: str = "organisers") -> None:
+        if annotation_rule not in ANNOTATION_RULES:
+            raise ValueError(
+                f"unknown data.annotation_rule '{annotation_rule}'; expected one of {', '.join(ANNOTATION_RULES)}"
+            )
         self.root: Path = resolve_monuseg_root(root)
+        self.annotation_rule = annotation_rule
 
     def load_split(self, split: str) -> list[AnnotatedImage]:
         _check_split(split)
-        return load_monuseg_split(self.root, split)
+        return load_monuseg_split(self.root, split, self.annotation_rule)
 
 
 class SyntheticSource:

@@ -35,7 +35,8 @@ Rules, documented once:
   read region by region, and ``apply`` maps each streamed block.
 - **Output** is always (H, W, 3) uint8 clipped to 0..255; like torchstain, values are truncated.
 - **Cache.** ``StainNormalizationCache`` keys a result by sha256 of the image bytes, shape and
-  dtype combined with ``normalizer.fingerprint()`` (method, parameters and fitted reference).
+  dtype combined with ``normalizer.fingerprint()`` (method, parameters and fitted reference) and
+  the installed torch and torchstain versions (a cache filled by other versions is not reused).
   A normalised image is stored as ``<key>.npy``; a fallback is stored as a small marker
   ``<key>.fallback.json`` (the result is the input itself, so no pixels are stored). On a hit
   of a marker the fallback is counted and logged again, so a cached run reports the same
@@ -44,7 +45,9 @@ Rules, documented once:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -591,8 +594,18 @@ def stain_normalizer_from_state_dict(state: dict[str, Any]) -> StainNormalizer:
 # -- cache ------------------------------------------------------------------------------------
 
 
+@functools.cache
+def library_versions() -> str:
+    """``torch=<version>|torchstain=<version>`` ("absent" when torchstain is not installed)."""
+    try:
+        torchstain_version = importlib.metadata.version("torchstain")
+    except importlib.metadata.PackageNotFoundError:
+        torchstain_version = "absent"
+    return f"torch={torch.__version__}|torchstain={torchstain_version}"
+
+
 class StainNormalizationCache:
-    """Normalised images on disk, keyed by image content and normaliser fingerprint.
+    """Normalised images on disk, keyed by image content, normaliser fingerprint and library versions.
 
     Entries are written atomically, so concurrent processes (DDP ranks, multirun jobs) at worst
     compute the same entry twice. See the module docstring for the layout and the fallback rule.
@@ -608,11 +621,13 @@ class StainNormalizationCache:
         self.misses = 0
 
     def key(self, image: np.ndarray, normalizer: StainNormalizer) -> str:
-        """sha256 of the image bytes, shape and dtype combined with the normaliser fingerprint."""
+        """sha256 of the image bytes, shape and dtype, the normaliser fingerprint and the versions
+        of torch and torchstain (another version may round differently: its entries are not reused).
+        """
         digest = hashlib.sha256()
         digest.update(f"{_CACHE_FORMAT}|{image.shape}|{image.dtype.str}|".encode())
         digest.update(np.ascontiguousarray(image).data)
-        digest.update(f"|{normalizer.fingerprint()}".encode())
+        digest.update(f"|{normalizer.fingerprint()}|{library_versions()}".encode())
         return digest.hexdigest()
 
     def normalize(

@@ -7,8 +7,16 @@ What QuPath (0.4 and later) reads from a Feature, and therefore what is written:
   top-left corner of the top-left pixel (so pixel (r, c) covers [c, c+1) x [r, r+1));
 - ``properties.objectType``: ``"detection"`` (QuPath makes an annotation when it is missing);
 - ``properties.classification``: ``{"name": "Nucleus", "color": [r, g, b]}``;
-- ``properties.isLocked``: false; ``properties.measurements``: ``{"Area px": n}``, a name ->
-  number object, QuPath's current form.
+- ``properties.isLocked``: false; ``properties.measurements``: a name -> number object, QuPath's
+  current form (older QuPath versions wrote a list of ``{"name", "value"}``; 0.4+ reads both),
+  named like QuPath's own (``Area µm^2``, ``Perimeter µm``...; see ``nucseg.export.measurements``)
+  or ``{"Area px^2": n}`` when no measurements are given.
+
+The FeatureCollection also carries a foreign member ``"nucseg"`` (RFC 7946 section 6.1; QuPath
+ignores it) with the image's pixel size, so the file records its own scale.
+
+Coordinates may be scaled (``scale``): nuclei segmented at the model's resolution are traced
+there and their rings mapped to the input image's pixel frame.
 
 Polygons. Each nucleus is traced with marching squares (``skimage.measure.find_contours`` at
 level 0.5 on its zero-padded mask), so the ring runs midway between pixel centres and never
@@ -21,7 +29,7 @@ and nearly collinear vertices, about two thirds of them, and changes the area by
 whenever simplification would leave fewer than 4 positions or make it self-intersecting.
 Rings are closed (first position repeated last) and counter-clockwise by the shoelace sign of
 the coordinates as written (RFC 7946's rule; with y pointing down the ring looks clockwise on
-screen). Coordinates are multiples of 0.5 and written exactly.
+screen). Unscaled coordinates are multiples of 0.5 and written exactly.
 
 ``write_geojson`` streams features to disk, so a slide with a million nuclei is not held as one
 JSON document in memory.
@@ -30,9 +38,11 @@ JSON document in memory.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -146,12 +156,22 @@ def _drop_repeats(ring: np.ndarray) -> np.ndarray:
 
 
 def nucleus_feature(
-    ring: np.ndarray, area_px: int, feature_id: str | None = None, extra: dict[str, float] | None = None
+    ring: np.ndarray,
+    area_px: int | None = None,
+    feature_id: str | None = None,
+    extra: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """One QuPath detection Feature for a ring (see the module docstring for the fields)."""
-    measurements: dict[str, float] = {"Area px": int(area_px)}
+    """One QuPath detection Feature for a ring (see the module docstring for the fields).
+
+    Args:
+        ring: Closed (n, 2) ring of (x, y) positions.
+        area_px: Pixel count, written as ``Area px^2`` (None: not written).
+        feature_id: The feature's UUID (default: a new random one).
+        extra: Further measurements, name -> number.
+    """
+    measurements: dict[str, float] = {} if area_px is None else {"Area px^2": int(area_px)}
     if extra:
-        measurements.update(extra)
+        measurements.update({name: _number(value) for name, value in extra.items()})
     return {
         "type": "Feature",
         "id": feature_id or str(uuid.uuid4()),
@@ -165,6 +185,21 @@ def nucleus_feature(
     }
 
 
+def _number(value: float) -> float:
+    """A JSON number: ints stay ints, floats are rounded to 6 significant digits, NaN becomes 0."""
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    value = float(value)
+    return 0.0 if not math.isfinite(value) else float(f"{value:.6g}")
+
+
+def scale_ring(ring: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    """Map a ring from a resampled grid to the input image: x times ``scale[1]``, y times ``scale[0]``."""
+    if scale == (1.0, 1.0) or scale == (1, 1):
+        return ring
+    return np.round(ring * np.array([scale[1], scale[0]]), 4)
+
+
 def features_from_labels(
     labels: np.ndarray,
     offset: tuple[int, int] = (0, 0),
@@ -172,6 +207,8 @@ def features_from_labels(
     connectivity: int = 1,
     only: Iterable[int] | None = None,
     max_rows: int | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
+    measurements: Mapping[int, Mapping[str, float]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one Feature per label of an (H, W) label image (or window of one), in label order.
 
@@ -182,6 +219,8 @@ def features_from_labels(
         connectivity: The connectivity the labels were made with.
         only: Restrict to these label values.
         max_rows: Skip objects taller than this many rows (not nuclei; the streamed writer's rule).
+        scale: (rows, columns) of output frame per label pixel (``scale_ring``).
+        measurements: Per label value, the measurements to write instead of ``Area px^2``.
     """
     wanted = None if only is None else set(int(v) for v in only)
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -193,21 +232,67 @@ def features_from_labels(
         ring = nucleus_ring(
             mask, (offset[0] + box[0].start, offset[1] + box[1].start), tolerance, connectivity
         )
-        if ring is not None:
+        if ring is None:
+            continue
+        ring = scale_ring(ring, scale)
+        if measurements is None:
             yield nucleus_feature(ring, int(mask.sum()))
+        else:
+            yield nucleus_feature(ring, extra=measurements[index])
 
 
-def write_geojson(path: str | os.PathLike[str], features: Iterable[dict[str, Any]]) -> int:
+class GeoJsonWriter:
+    """Write a FeatureCollection one feature at a time, atomically (a context manager).
+
+    Args:
+        path: Destination.
+        metadata: The ``"nucseg"`` foreign member (e.g. pixel size), or None for none.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.count = 0
+
+    def __enter__(self) -> GeoJsonWriter:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._file = open(tmp, "w", encoding="utf-8")
+        self._file.write('{"type": "FeatureCollection", ')
+        if self.metadata is not None:
+            self._file.write(
+                f'"nucseg": {json.dumps(dict(self.metadata), allow_nan=False, ensure_ascii=False)}, '
+            )
+        self._file.write('"features": [')
+        return self
+
+    def add(self, feature: Mapping[str, Any]) -> None:
+        """Append one Feature."""
+        self._file.write(",\n" if self.count else "\n")
+        self._file.write(json.dumps(feature, separators=(",", ":"), allow_nan=False, ensure_ascii=False))
+        self.count += 1
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        try:
+            if exc_type is None:
+                self._file.write("\n]}\n")
+        finally:
+            self._file.close()
+            self._atomic.__exit__(exc_type, exc, traceback)
+
+
+def write_geojson(
+    path: str | os.PathLike[str],
+    features: Iterable[dict[str, Any]],
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
     """Write a FeatureCollection atomically, one feature at a time; return the feature count."""
-    count = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write('{"type": "FeatureCollection", "features": [')
+    with GeoJsonWriter(path, metadata) as writer:
         for feature in features:
-            handle.write(",\n" if count else "\n")
-            handle.write(json.dumps(feature, separators=(",", ":"), allow_nan=False))
-            count += 1
-        handle.write("\n]}\n")
-    return count
+            writer.add(feature)
+    return writer.count
 
 
 def feature_collection(features: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -217,11 +302,13 @@ def feature_collection(features: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 __all__ = [
     "NUCLEUS_CLASS",
+    "GeoJsonWriter",
     "feature_collection",
     "features_from_labels",
     "nucleus_feature",
     "nucleus_ring",
     "ring_is_simple",
     "ring_signed_area",
+    "scale_ring",
     "write_geojson",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nucseg.utils.atomic import atomic_path
+from nucseg.utils.resolution import tiff_resolution
 
 RowSource = Callable[[int, int], np.ndarray]
 
@@ -27,6 +28,7 @@ def write_tiled_tiff(
     read_rows: RowSource,
     tile: tuple[int, int] = (256, 256),
     compression: str = "zlib",
+    mpp: float | None = None,
 ) -> Path:
     """Write an (height, width) single-channel image atomically as a tiled, compressed TIFF.
 
@@ -38,6 +40,8 @@ def write_tiled_tiff(
         read_rows: ``read_rows(top, bottom)`` returns rows ``top:bottom`` as (h, width) arrays.
         tile: Tile (height, width), multiples of 16 as TIFF requires.
         compression: Any tifffile compression name (zlib is lossless and everywhere).
+        mpp: Pixel size in µm, written as XResolution/YResolution in pixels per centimetre
+            (QuPath, Fiji and tifffile read it back); None writes no resolution.
     """
     import tifffile
 
@@ -58,13 +62,19 @@ def write_tiled_tiff(
             tile=tile,
             compression=compression,
             photometric="minisblack",
+            **tiff_resolution(mpp),
         )
     return Path(path)
 
 
 def write_array_tiff(
-    path: str | os.PathLike[str], array: np.ndarray, tile: tuple[int, int] = (256, 256)
+    path: str | os.PathLike[str],
+    array: np.ndarray,
+    tile: tuple[int, int] = (256, 256),
+    mpp: float | None = None,
 ) -> Path:
     """Write an in-memory (H, W) array with :func:`write_tiled_tiff`."""
     array = np.asarray(array)
-    return write_tiled_tiff(path, array.shape[0], array.shape[1], array.dtype, lambda t, b: array[t:b], tile)
+    return write_tiled_tiff(
+        path, array.shape[0], array.shape[1], array.dtype, lambda t, b: array[t:b], tile, mpp=mpp
+    )

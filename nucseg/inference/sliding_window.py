@@ -59,7 +59,7 @@ def sliding_window_predict(
     blend: str = "gaussian",
     tta: str = "none",
     pad_mode: str = "reflect",
-    amp: bool | None = None,
+    amp: bool = False,
     progress: bool = False,
     tile_multiple: int = 32,
     border_pad: int = 0,
@@ -79,7 +79,10 @@ def sliding_window_predict(
         tta: ``"none"``, ``"flips"`` or ``"d4"`` test-time augmentation (see ``tta.py``).
         pad_mode: ``F.pad`` mode used to pad images smaller than a tile and for ``border_pad``;
             ``"reflect"`` falls back to ``"replicate"`` where the image is too small to reflect.
-        amp: Autocast the forward pass; ``None`` enables it on CUDA only.
+        amp: Autocast the forward pass (float16 on CUDA, bfloat16 elsewhere). Off by default:
+            validation, test, ``evaluate.py`` and ``predict`` all score float32 logits, so the
+            numbers a run reports are the numbers its checkpoint gives anywhere; turn it on
+            explicitly (``module.inference.amp=true``) for speed when a small difference is fine.
         progress: Show a tqdm bar over tile batches.
         tile_multiple: Each tile side must be a multiple of this; 32 suits the encoders of
             segmentation_models_pytorch and U-Nets of depth <= 5. Use 1 to disable the check.
@@ -105,7 +108,7 @@ def sliding_window_predict(
         raise ValueError(f"sliding_window_predict: border_pad must be >= 0, got {border_pad}")
     out_device = batch.device
     device = model_device(predict_fn) or out_device
-    use_amp = (device.type == "cuda") if amp is None else amp
+    use_amp = bool(amp)
 
     with torch.inference_mode():
         source = batch.detach().to(device=device, dtype=torch.float32)

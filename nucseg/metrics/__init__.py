@@ -5,7 +5,8 @@ IoU = binary Jaccard, accuracy, precision, recall) that accumulates true/false p
 over every pixel it sees: computed at epoch end it is the *pooled* value over all pixels of all
 images, not a mean of per-batch values. :class:`PerImageMetrics` gives the other convention,
 the mean over images of each image's own value. :mod:`nucseg.metrics.instance` scores nuclei
-(AJI, AJI+, PQ, object F1 and Dice).
+(AJI, AJI+, PQ, object F1 and Dice); :mod:`nucseg.metrics.intervals` gives bootstrap and seed
+intervals and paired comparisons.
 """
 
 from __future__ import annotations
@@ -22,13 +23,27 @@ from torchmetrics.classification import (
 from torchmetrics.functional.classification import binary_accuracy, binary_f1_score, binary_jaccard_index
 
 from nucseg.metrics.instance import InstanceMetrics, aggregate_instance_metrics, instance_metrics
+from nucseg.metrics.intervals import (
+    Interval,
+    PairedComparison,
+    bootstrap_mean,
+    bootstrap_pooled,
+    paired_comparison,
+    seed_interval,
+)
 
 __all__ = [
     "InstanceMetrics",
+    "Interval",
+    "PairedComparison",
     "PerImageMetrics",
     "aggregate_instance_metrics",
+    "bootstrap_mean",
+    "bootstrap_pooled",
     "build_pixel_metrics",
     "instance_metrics",
+    "paired_comparison",
+    "seed_interval",
 ]
 
 

@@ -397,7 +397,9 @@ class InstanceMetrics(Metric):
     (:data:`RECORD_KEYS`) as one row of a list state gathered with ``dist_reduce_fx="cat"``, so
     each process keeps only numbers, never label maps. ``compute`` returns
     :func:`aggregate_instance_metrics` of all images of all processes as float64 tensors.
-    States are float64 so that pixel counts stay exact.
+    States are float64 so that pixel counts stay exact. Strings cannot be synchronised, so an
+    image is identified by the optional integer ``image_index`` given to ``update`` (e.g. its
+    position in the test dataset), which :meth:`per_image_records` returns with each record.
 
     Example:
         >>> metric = InstanceMetrics()
@@ -415,22 +417,33 @@ class InstanceMetrics(Metric):
         self.add_state("records", default=[], dist_reduce_fx="cat")
         self.set_dtype(torch.float64)
 
-    def update(self, true_labels: Any, pred_labels: Any) -> None:  # type: ignore[override]
-        """Score one image: (H, W) ground-truth and predicted instance labels, numpy or tensor."""
+    def update(self, true_labels: Any, pred_labels: Any, image_index: int = -1) -> None:  # type: ignore[override]
+        """Score one image: (H, W) ground-truth and predicted instance labels, numpy or tensor.
+
+        Args:
+            true_labels: the image's ground-truth instance labels.
+            pred_labels: its predicted instance labels.
+            image_index: an integer that identifies the image (-1: not given).
+        """
         record = instance_metrics(true_labels, pred_labels)
-        row = torch.tensor([record[key] for key in RECORD_KEYS], dtype=torch.float64, device=self.device)
-        self.records.append(row)
+        values = [float(image_index)] + [record[key] for key in RECORD_KEYS]
+        self.records.append(torch.tensor(values, dtype=torch.float64, device=self.device))
 
     def per_image_records(self) -> list[dict[str, float]]:
-        """Every image's record seen so far (after synchronisation: of every process)."""
+        """Every image's record seen so far (after synchronisation: of every process).
+
+        Each record is :func:`instance_metrics`'s plus ``image_index`` (an int, -1 when not given).
+        """
         if isinstance(self.records, torch.Tensor):
             rows = self.records
         elif self.records:
             rows = torch.cat([row.reshape(-1) for row in self.records])
         else:
             return []
-        table = rows.reshape(-1, len(RECORD_KEYS)).cpu().double().numpy()
-        return [dict(zip(RECORD_KEYS, map(float, row), strict=True)) for row in table]
+        table = rows.reshape(-1, 1 + len(RECORD_KEYS)).cpu().double().numpy()
+        return [
+            {"image_index": int(row[0]), **dict(zip(RECORD_KEYS, map(float, row[1:]), strict=True))} for row in table
+        ]
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Pooled and per-image-mean metrics (:func:`aggregate_instance_metrics`) as scalar tensors."""

@@ -2,7 +2,8 @@
 
 Rules, the same for an image in memory and for one streamed band by band:
 
-- a pixel is foreground when its probability is ``>= threshold`` (a binary mask passes as is);
+- a pixel is foreground when its probability is ``> threshold`` (torchmetrics' rule, so the
+  test's pixel metrics and the instances see one foreground; a binary mask passes as is);
 - components are 4-connected (``connectivity=1``, pixels sharing an edge) by default, which
   splits nuclei that touch only at a corner; ``connectivity=2`` joins corners too;
 - components of fewer than ``min_size`` pixels are dropped (set to 0);
@@ -28,7 +29,7 @@ def foreground(probability_or_mask: np.ndarray, threshold: float = 0.5) -> np.nd
         return array
     if array.dtype == np.uint8:
         return array >= round(threshold * 255)
-    return array >= threshold
+    return array > threshold
 
 
 def structure(connectivity: int) -> np.ndarray:

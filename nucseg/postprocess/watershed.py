@@ -4,10 +4,10 @@
 ``SegmentationModule.probabilities`` gives, one image) and returns (H, W) int32 labels, 0 =
 background, 1..N in raster order of each object's first pixel:
 
-- ``binary`` (C = 1): connected components of ``probability >= threshold``
+- ``binary`` (C = 1): connected components of ``probability > threshold``
   (:func:`~nucseg.postprocess.instances.label_instances`, today's rule), optional hole filling.
 - ``contour`` (C = 3: background, interior, boundary): marker-controlled watershed. Foreground
-  = ``1 - P(background) >= threshold``; markers = connected components of ``P(interior) >=
+  = ``1 - P(background) > threshold``; markers = connected components of ``P(interior) >
   marker_threshold`` inside the foreground, eroded by ``marker_erosion_px`` and at least
   ``min_marker_size`` pixels; the flooding relief is ``1 - P(interior)``, so each marker grows
   over its nucleus and meets its neighbour on the predicted boundary.
@@ -114,23 +114,23 @@ def postprocess(probabilities: np.ndarray, target: str = "binary", **params: Any
             f"postprocess: target '{target}' needs ({expected_channels}, H, W) probabilities, got {array.shape}"
         )
     if target == "binary":
-        foreground_mask = array[0] >= options["threshold"]
+        foreground_mask = array[0] > options["threshold"]
         if options["fill_holes"]:
             foreground_mask = ndimage.binary_fill_holes(foreground_mask)
         return label_instances(foreground_mask, min_size=options["min_size"], connectivity=options["connectivity"])
     if target == "contour":
-        foreground_mask = (1.0 - array[0]) >= options["threshold"]
+        foreground_mask = (1.0 - array[0]) > options["threshold"]
         relief = 1.0 - array[1]
-        marker_mask = array[1] >= options["marker_threshold"]
+        marker_mask = array[1] > options["marker_threshold"]
         if options["marker_erosion_px"] > 0:
             marker_mask = ndimage.binary_erosion(marker_mask, iterations=int(options["marker_erosion_px"]))
     elif target == "distance":
-        foreground_mask = array[0] >= options["threshold"]
+        foreground_mask = array[0] > options["threshold"]
         distance = np.where(foreground_mask, array[1], 0.0).astype(np.float32)
         relief = -distance
         marker_mask = _distance_peaks(distance, foreground_mask, options)
     else:
-        foreground_mask = array[0] >= options["threshold"]
+        foreground_mask = array[0] > options["threshold"]
         relief = hv_edge_strength(array[1:], foreground_mask, float(options["sigma_px"]))
         marker_mask = foreground_mask & (relief < options["edge_threshold"])
         if options["marker_opening_px"] > 0:

@@ -1,7 +1,8 @@
 """Atomic writes: a result file is either absent or complete, never half written.
 
-Each writer writes to a temporary file in the destination folder, flushes it to disk and
-renames it over the destination (``os.replace`` is atomic on POSIX within one file system).
+Each writer writes to a temporary file in the destination folder, flushes it to disk, renames
+it over the destination (``os.replace`` is atomic on POSIX within one file system) and flushes
+the folder, so that the rename survives a power cut too.
 """
 
 from __future__ import annotations
@@ -36,8 +37,23 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, destination)
+        _fsync_directory(destination.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def _current_umask() -> int:

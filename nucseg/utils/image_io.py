@@ -19,8 +19,52 @@ TIFF_SUFFIXES = {".tif", ".tiff"}
 IMAGE_SUFFIXES = TIFF_SUFFIXES | {".png", ".jpg", ".jpeg"}
 
 
+# What ``to_rgb_uint8`` changes, by name: the data check counts these so none passes silently.
+ALPHA_DROPPED = "alpha_dropped"
+GREYSCALE_REPLICATED = "greyscale_replicated"
+SCALED_16_TO_8_BIT = "scaled_16_to_8_bit"
+SCALED_FLOAT_TO_8_BIT = "scaled_float_to_8_bit"
+BINARY_TO_8_BIT = "binary_to_8_bit"
+
+
 class ImageReadError(ValueError):
     """An image file is missing, corrupt or of a layout we cannot interpret."""
+
+
+def rgb_conversions(channels: int, dtype: np.dtype | type, source: str = "<array>") -> tuple[str, ...]:
+    """Name what ``to_rgb_uint8`` will change in an image with ``channels`` samples of ``dtype``.
+
+    Works from a header alone (no pixels), so a data check can list conversions cheaply.
+
+    Args:
+        channels: samples per pixel (1 greyscale, 3 RGB, 4 RGBA).
+        dtype: the pixel type.
+        source: named in the error.
+
+    Returns:
+        The conversion names (constants of this module); empty for 8-bit RGB.
+
+    Raises:
+        ImageReadError: a layout ``to_rgb_uint8`` refuses (2 or more than 4 channels, or a pixel
+            type other than unsigned 8/16 bit, bool or float).
+    """
+    dtype = np.dtype(dtype)
+    if channels not in (1, 3, 4):
+        raise ImageReadError(f"{source}: expected an RGB, RGBA or greyscale image, got {channels} channels")
+    changes = []
+    if channels == 1:
+        changes.append(GREYSCALE_REPLICATED)
+    elif channels == 4:
+        changes.append(ALPHA_DROPPED)
+    if dtype == np.uint16:
+        changes.append(SCALED_16_TO_8_BIT)
+    elif dtype == np.bool_:
+        changes.append(BINARY_TO_8_BIT)
+    elif np.issubdtype(dtype, np.floating):
+        changes.append(SCALED_FLOAT_TO_8_BIT)
+    elif dtype != np.uint8:
+        raise ImageReadError(f"{source}: unsupported pixel type {dtype}")
+    return tuple(changes)
 
 
 def read_image_array(path: str | os.PathLike[str]) -> np.ndarray:

@@ -1,0 +1,210 @@
+"""Python API: ``model = nucseg.load(run)``, then ``model.predict(image_or_path)``.
+
+One object carries everything a trained run needs to predict as it was validated: the network,
+its stain reference (fitted at training time, applied automatically), the resolution it was
+trained at, the sliding-window settings and the post-processing. No Hydra is involved::
+
+    import nucseg
+    model = nucseg.load("logs/runs/<run>")
+    result = model.predict("tile.png")          # or an (H, W, 3) uint8 array
+    result.labels, result.probability           # (H, W) int32 instances, float32 in [0, 1]
+    result.nuclei                               # pandas DataFrame: id, centroid, area
+
+Images are held in memory; for slides and very large TIFFs use ``python -m nucseg.predict``
+(which streams) or read regions with :mod:`nucseg.io.slide` and predict them one by one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from nucseg.inference import sliding_window_predict
+from nucseg.utils.image_io import read_rgb_image, to_rgb_uint8
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Microns per pixel of the data sets the project knows (MoNuSeg: 40x TCGA tiles, ~0.25 µm/px).
+KNOWN_RESOLUTIONS_MPP = {"MonusegDataModule": 0.25, "MonusegSource": 0.25}
+TILING_KEYS = ("tile_size", "overlap", "batch_size", "blend", "tta", "tile_multiple", "border_pad")
+DEFAULT_MIN_SIZE = 10
+
+
+def run_resolution_mpp(run_config: dict[str, Any] | None) -> float | None:
+    """The microns per pixel a run was trained at: ``data.mpp`` if set, else the data set's own.
+
+    ``None`` when unknown (synthetic data, or a folder source without ``mpp``).
+    """
+    data = (run_config or {}).get("data") or {}
+    if data.get("mpp") is not None:
+        return float(data["mpp"])
+    source = data.get("source") or {}
+    if isinstance(source, dict) and source.get("mpp") is not None:
+        return float(source["mpp"])
+    for target in (data.get("_target_"), source.get("_target_") if isinstance(source, dict) else None):
+        name = str(target or "").rsplit(".", 1)[-1]
+        if name in KNOWN_RESOLUTIONS_MPP:
+            return KNOWN_RESOLUTIONS_MPP[name]
+    return None
+
+
+@dataclass
+class Prediction:
+    """What :meth:`NucleusModel.predict` returns for one image.
+
+    Attributes:
+        probability: (H, W) float32 nucleus probability.
+        labels: (H, W) int32 instances, 0 = background, 1..N.
+        nuclei: one row per nucleus: ``id``, ``centroid_y``, ``centroid_x`` (pixels, row/column),
+            ``area_px`` and, when the resolution is known, ``area_um2``.
+        image: (H, W, 3) uint8 input as read (before stain normalisation).
+    """
+
+    probability: np.ndarray
+    labels: np.ndarray
+    nuclei: pd.DataFrame
+    image: np.ndarray = field(repr=False)
+
+
+class NucleusModel:
+    """A trained run ready to predict (build it with :func:`load`).
+
+    Attributes:
+        module: the :class:`~nucseg.module.SegmentationModule`, in eval mode.
+        stain_normalizer: the training stain reference (``None``: the run used none).
+        mpp: microns per pixel the model was trained at (``None``: unknown).
+        tiling: ``sliding_window_predict`` settings (tile size, overlap, blending, TTA...).
+        threshold: probability at which a pixel is nucleus.
+        min_size: instances with fewer pixels are dropped.
+        connectivity: 1 (4-connected) or 2 (8-connected) instances.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        mpp: float | None = None,
+        threshold: float | None = None,
+        min_size: int = DEFAULT_MIN_SIZE,
+        connectivity: int = 1,
+        tiling: dict[str, Any] | None = None,
+    ) -> None:
+        self.module = module
+        self.stain_normalizer = getattr(module, "stain_normalizer", None)
+        self.mpp = mpp
+        inference = dict(getattr(module, "inference_kwargs", {}) or {})
+        self.tiling = {key: value for key, value in inference.items() if key in TILING_KEYS}
+        self.tiling.update(tiling or {})
+        self.threshold = float(threshold if threshold is not None else getattr(module, "threshold", 0.5))
+        self.min_size = int(min_size)
+        self.connectivity = int(connectivity)
+
+    def __repr__(self) -> str:
+        name = getattr(self.module, "model_name", type(self.module).__name__)
+        stain = type(self.stain_normalizer).__name__ if self.stain_normalizer is not None else None
+        return (
+            f"NucleusModel({name}, mpp={self.mpp}, stain={stain}, tile={self.tiling.get('tile_size')}, "
+            f"threshold={self.threshold})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    # -- steps, each usable on its own ---------------------------------------------------------
+    def read(self, image_or_path: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB from a path (PNG/JPEG/TIFF) or an array (grey/RGBA/16 bit converted)."""
+        if isinstance(image_or_path, str | os.PathLike):
+            return read_rgb_image(image_or_path)
+        return to_rgb_uint8(np.asarray(image_or_path))
+
+    def normalize_stain(self, image: np.ndarray, name: str | None = None) -> np.ndarray:
+        """The image mapped onto the training stain reference (unchanged without one)."""
+        if self.stain_normalizer is None:
+            return image
+        return self.stain_normalizer.normalize(image, name=name)
+
+    def probability(self, normalized: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(H, W) float32 nucleus probability of a stain-normalised uint8 image."""
+        tensor = torch.from_numpy(np.ascontiguousarray(normalized)).permute(2, 0, 1).float().div_(255.0)
+        logits = sliding_window_predict(tensor, self.module, progress=progress, **self.tiling)
+        return torch.sigmoid(logits[0]).cpu().numpy().astype(np.float32)
+
+    def instances(self, probability: np.ndarray) -> np.ndarray:
+        """(H, W) int32 instances of a probability map: the model's post-processing, in one place."""
+        from nucseg.postprocess.instances import label_instances
+
+        return label_instances(probability, self.threshold, self.min_size, self.connectivity)
+
+    def measure(self, labels: np.ndarray) -> pd.DataFrame:
+        """One row per nucleus: id, centroid (row, column in pixels), area (pixels, and µm² if known)."""
+        import pandas as pd
+        from skimage.measure import regionprops_table
+
+        table = regionprops_table(labels, properties=("label", "centroid", "area"))
+        frame = pd.DataFrame({
+            "id": np.asarray(table["label"], dtype=np.int64),
+            "centroid_y": np.asarray(table["centroid-0"], dtype=np.float64),
+            "centroid_x": np.asarray(table["centroid-1"], dtype=np.float64),
+            "area_px": np.asarray(table["area"], dtype=np.int64),
+        })
+        if self.mpp is not None:
+            frame["area_um2"] = frame["area_px"] * self.mpp**2
+        return frame
+
+    # -- all of it -----------------------------------------------------------------------------
+    def predict(
+        self,
+        image_or_path: np.ndarray | str | os.PathLike[str],
+        normalize_stain: bool = True,
+        progress: bool = False,
+    ) -> Prediction:
+        """Read, stain-normalise, predict by sliding window, label instances and measure them.
+
+        Args:
+            image_or_path: a PNG/JPEG/TIFF path or an (H, W, 3) / (H, W) / (H, W, 4) array.
+            normalize_stain: apply the training stain reference (turn off only for images
+                already normalised to it).
+            progress: show a progress bar over tiles.
+
+        Returns:
+            A :class:`Prediction`.
+        """
+        name = str(image_or_path) if isinstance(image_or_path, str | os.PathLike) else None
+        image = self.read(image_or_path)
+        normalized = self.normalize_stain(image, name) if normalize_stain else image
+        probability = self.probability(normalized, progress)
+        labels = self.instances(probability)
+        return Prediction(probability=probability, labels=labels, nuclei=self.measure(labels), image=image)
+
+
+def load(
+    run: str | os.PathLike[str],
+    device: str | torch.device = "auto",
+    mpp: float | None = None,
+    **settings: Any,
+) -> NucleusModel:
+    """Load a trained run (its directory or a ``.ckpt``) for prediction.
+
+    Args:
+        run: ``logs/runs/<run>`` or a checkpoint file.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
+        mpp: the training resolution in microns per pixel, when the run did not record it.
+        **settings: :class:`NucleusModel` options: ``threshold``, ``min_size``,
+            ``connectivity``, ``tiling`` (a dict of sliding-window settings).
+
+    Raises:
+        nucseg.checkpoint.CheckpointError: no checkpoint, or not one written by ``train.py``.
+    """
+    from nucseg.checkpoint import load_module
+
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = load_module(Path(run), map_location=torch.device(device))
+    resolution = mpp if mpp is not None else run_resolution_mpp(getattr(module, "run_config", None))
+    return NucleusModel(module, mpp=resolution, **settings)

@@ -1,0 +1,109 @@
+"""``nucseg.load(run).predict(...)`` on a tiny trained run: stains, tiling, instances, the nuclei table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIG_DIR, TINY_OVERRIDES
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from test_streaming import DarknessNet  # tests/ is on sys.path (pytest rootdir-relative import)
+
+import nucseg
+from nucseg.api import NucleusModel, Prediction, run_resolution_mpp
+from nucseg.checkpoint import CheckpointError
+from nucseg.data.synthetic import make_synthetic_image
+from nucseg.inference import sliding_window_predict
+from nucseg.pipeline import train
+
+
+def train_tiny_run(root: Path, extra: list[str] | None = None) -> Path:
+    """One short epoch of a 4-wide U-Net on synthetic tiles; returns the run directory."""
+    overrides = [
+        f"paths.root_dir={root}",
+        f"paths.output_dir={root / 'run'}",
+        f"paths.cache_dir={root / 'cache'}",
+        *TINY_OVERRIDES,
+        "++trainer.limit_train_batches=2",
+        *(extra or []),
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    train(cfg)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("api"))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run: Path) -> NucleusModel:
+    return nucseg.load(tiny_run, device="cpu", mpp=0.5)
+
+
+@pytest.mark.slow
+def test_load_carries_stain_reference_resolution_tiling_and_postprocessing(model: NucleusModel):
+    assert model.stain_normalizer is not None and model.stain_normalizer.is_fitted
+    assert model.mpp == 0.5
+    assert model.tiling["tile_size"] == 64 and model.tiling["overlap"] == 16
+    assert model.threshold == 0.5 and model.min_size == 10
+    assert "NucleusModel(unet" in repr(model) and model.device.type == "cpu"
+
+
+@pytest.mark.slow
+def test_predict_applies_the_stain_reference_and_matches_the_hand_chained_steps(model: NucleusModel, tmp_path: Path):
+    image = make_synthetic_image(seed=11, size=(90, 110)).image
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    result = model.predict(tmp_path / "tile.png")
+    assert isinstance(result, Prediction)
+    assert result.probability.shape == result.labels.shape == (90, 110)
+    assert result.probability.dtype == np.float32 and result.labels.dtype == np.int32
+    np.testing.assert_array_equal(result.image, image)
+
+    # The six steps a user would otherwise chain by hand.
+    normalized = model.module.stain_normalizer.normalize(image, name="by hand")
+    tensor = torch.from_numpy(normalized).permute(2, 0, 1).float() / 255
+    logits = sliding_window_predict(tensor, model.module, **model.module.inference_kwargs)
+    expected = torch.sigmoid(logits[0]).numpy()
+    np.testing.assert_allclose(result.probability, expected, atol=1e-6)
+    unnormalized = model.predict(image, normalize_stain=False).probability
+    assert np.abs(unnormalized - result.probability).max() > 1e-4, "the stain step must change the input"
+
+
+def test_nuclei_table_has_one_row_per_instance():
+    model = NucleusModel(DarknessNet().eval(), mpp=0.5)  # no stain reference, default tiling
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:8] = 1  # 4 x 5 = 20 px, centroid (3.5, 5)
+    labels[10:13, 20:30] = 2  # 3 x 10 = 30 px, centroid (11, 24.5)
+    table = model.measure(labels)
+    assert list(table.columns) == ["id", "centroid_y", "centroid_x", "area_px", "area_um2"]
+    assert table["id"].tolist() == [1, 2] and table["area_px"].tolist() == [20, 30]
+    assert table[["centroid_y", "centroid_x"]].to_numpy().tolist() == [[3.5, 5.0], [11.0, 24.5]]
+    assert table["area_um2"].tolist() == pytest.approx([5.0, 7.5])
+
+    probability = np.zeros((20, 30), np.float32)
+    probability[labels > 0] = 0.9
+    probability[15:17, 0:2] = 0.9  # 4 px: below min_size
+    np.testing.assert_array_equal(model.instances(probability), labels)
+    dark_disks = np.full((40, 40, 3), 230, np.uint8)
+    dark_disks[5:15, 5:15] = dark_disks[25:35, 20:32] = 40
+    result = model.predict(dark_disks)
+    # two squares of 100 and 120 px; DarknessNet's 3x3 mean loses each square's 4 corner pixels
+    assert result.labels.max() == 2 and result.nuclei["area_px"].tolist() == [96, 116]
+
+
+def test_resolution_comes_from_the_run_config():
+    assert run_resolution_mpp({"data": {"mpp": 0.3}}) == 0.3
+    assert run_resolution_mpp({"data": {"_target_": "nucseg.data.datamodule.MonusegDataModule"}}) == 0.25
+    assert run_resolution_mpp({"data": {"source": {"_target_": "nucseg.data.sources.SyntheticSource"}}}) is None
+    assert run_resolution_mpp(None) is None
+
+
+def test_load_names_a_missing_run(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="no checkpoints/best.ckpt"):
+        nucseg.load(tmp_path)
