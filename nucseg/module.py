@@ -30,7 +30,7 @@ from nucseg.postprocess.watershed import default_params, postprocess
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_INFERENCE = {"tile_size": 256, "overlap": 64, "batch_size": 8, "blend": "gaussian", "tta": "none"}
-TARGET_CHANNELS = {"binary": 1, "contour": 3, "distance": 2}
+TARGET_CHANNELS = {"binary": 1, "contour": 3, "distance": 2, "hv": 3}
 # Instance metrics logged at test end, pooled over images and as the mean of per-image values.
 LOGGED_INSTANCE_METRICS = ("aji", "aji_plus", "pq", "dq", "sq")
 
@@ -43,6 +43,8 @@ def target_probabilities(logits: torch.Tensor, target: str) -> torch.Tensor:
         return torch.softmax(logits, dim=1)
     if target == "distance":
         return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, 1:].clamp(0.0, 1.0)], dim=1)
+    if target == "hv":
+        return torch.cat([torch.sigmoid(logits[:, :1]), logits[:, 1:].clamp(-1.0, 1.0)], dim=1)
     raise ValueError(f"unknown target '{target}'; choose one of: {', '.join(TARGET_CHANNELS)}")
 
 
@@ -59,11 +61,11 @@ def loss_target(batch: Mapping[str, Any]) -> torch.Tensor:
 
 
 class SegmentationModule(L.LightningModule):
-    """Nucleus segmentation for one training target (binary, contour or distance).
+    """Nucleus segmentation for one training target (binary, contour, distance or hv).
 
     Args:
         net: maps standardised (B, 3, H, W) images to (B, C, H, W) logits, C the target's
-            channel count (1 binary, 3 contour, 2 distance).
+            channel count (1 binary, 3 contour, 2 distance, 3 hv).
         loss: a :class:`~nucseg.losses.CompositeLoss` (or any callable returning ``LossOutput``).
         optimizer: ``params -> Optimizer`` (a partial, e.g. from Hydra's ``_partial_: true``).
         scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped per epoch.
@@ -80,7 +82,7 @@ class SegmentationModule(L.LightningModule):
             autocast (docs/measurements.md). Off by default: on CPU, torch 2.14's oneDNN
             crashes in the backward pass of 1×1 stride-2 convolutions with 2–8 input channels
             in this layout, so :meth:`on_fit_start` refuses such networks with a clear error.
-        target: ``binary``, ``contour`` or ``distance``: what the logits mean (the data module's
+        target: ``binary``, ``contour``, ``distance`` or ``hv``: what the logits mean (the data module's
             target must be the same; a run config without it is binary).
         postprocess: post-processing parameters replacing the target's defaults
             (:data:`nucseg.postprocess.DEFAULT_PARAMS`); tuning may replace them later
@@ -153,11 +155,12 @@ class SegmentationModule(L.LightningModule):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) probabilities: sigmoid (binary), softmax over background / interior /
-        boundary (contour), or sigmoid foreground and the distance clamped to [0, 1] (distance)."""
+        boundary (contour), sigmoid foreground and the distance clamped to [0, 1] (distance), or
+        sigmoid foreground and the horizontal/vertical maps clamped to [-1, 1] (hv)."""
         return target_probabilities(logits, self.target)
 
     def foreground_probability(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) nucleus probability: channel 0 (binary, distance), ``1 - P(background)`` (contour)."""
+        """(B, 1, H, W) nucleus probability: channel 0 (binary, distance, hv), ``1 - P(background)`` (contour)."""
         return target_foreground_probability(probabilities, self.target)
 
     def instances(self, probabilities: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -62,12 +62,12 @@ def test_smp_with_an_unknown_encoder_is_a_value_error():
         build_model("smp", arch="Unet", encoder_name="no_such_encoder")
 
 
-@pytest.mark.parametrize("target", ["binary", "contour", "distance"])
+@pytest.mark.parametrize("target", ["binary", "contour", "distance", "hv"])
 def test_output_channels_follow_the_target_config(compose_train, target):
     from hydra.utils import instantiate
 
     for model in ("unet", "resunet", "linknet34", "smp"):
-        assert compose_train([f"model={model}", f"target={target}"]).model.net.classes == {"binary": 1, "contour": 3, "distance": 2}[target]
+        assert compose_train([f"model={model}", f"target={target}"]).model.net.classes == {"binary": 1, "contour": 3, "distance": 2, "hv": 3}[target]
     net = instantiate(compose_train([f"target={target}"]).model.net).eval()  # a tiny U-Net
     with torch.no_grad():
-        assert net(torch.rand(1, 3, 32, 32)).shape[1] == {"binary": 1, "contour": 3, "distance": 2}[target]
+        assert net(torch.rand(1, 3, 32, 32)).shape[1] == {"binary": 1, "contour": 3, "distance": 2, "hv": 3}[target]

@@ -92,11 +92,11 @@ def test_binary_defaults_are_todays_connected_components():
 def test_wrong_channels_targets_and_parameters_are_one_line_errors():
     with pytest.raises(ValueError, match=r"needs \(3, H, W\)"):
         postprocess(np.zeros((1, 4, 4)), "contour")
-    with pytest.raises(ValueError, match="unknown target 'hv'"):
-        postprocess(np.zeros((1, 4, 4)), "hv")
+    with pytest.raises(ValueError, match="unknown target 'star'"):
+        postprocess(np.zeros((1, 4, 4)), "star")
     with pytest.raises(ValueError, match="unknown parameter"):
         postprocess(np.zeros((1, 4, 4)), "binary", marker_threshold=0.5)
-    assert set(DEFAULT_PARAMS) == {"binary", "contour", "distance"}
+    assert set(DEFAULT_PARAMS) == {"binary", "contour", "distance", "hv"}
 
 
 def test_tuner_picks_the_marker_threshold_that_splits_the_discs():
@@ -127,3 +127,15 @@ def test_tune_on_validation_predicts_the_validation_images_and_applies_the_best(
     assert best["marker_threshold"] in (0.3, 0.6)
     assert module.postprocess_params == best
     assert [image.name for image in datamodule.val_images] and not datamodule.test_images, "never the test set"
+
+
+def test_hv_maps_split_touching_discs():
+    from nucseg.data.targets import horizontal_vertical_maps
+
+    labels, _ = touching_discs()
+    probabilities = np.concatenate([(labels > 0)[None].astype(np.float32), horizontal_vertical_maps(labels)])
+    predicted = postprocess(probabilities, "hv", min_size=0)
+    assert predicted.max() == 2
+    for index in (1, 2):
+        overlap = predicted[labels == index]
+        assert (overlap == np.bincount(overlap).argmax()).mean() > 0.9

@@ -14,6 +14,7 @@ from nucseg.data.targets import (
     BinaryTarget,
     ContourTarget,
     DistanceTarget,
+    HVTarget,
     build_target,
     inner_boundary,
     normalized_distance,
@@ -94,8 +95,8 @@ def test_distance_of_non_consecutive_ids_equals_that_of_renumbered_ones():
 def test_build_target_by_name_and_unknown_names():
     assert build_target("contour", boundary_width_px=3).boundary_width_px == 3
     assert build_target("distance").out_channels == 2
-    with pytest.raises(ValueError, match="unknown target 'hv'"):
-        build_target("hv")
+    with pytest.raises(ValueError, match="unknown target 'star'"):
+        build_target("star")
     with pytest.raises(ValueError, match="boundary_width_px must be >= 1"):
         ContourTarget(0)
 
@@ -125,6 +126,7 @@ def _count_components(mask: np.ndarray) -> int:
     ("binary", 1, {"bce", "focal", "dice"}),
     ("contour", 3, {"ce", "multiclass_dice"}),
     ("distance", 2, {"bce", "mse"}),
+    ("hv", 3, {"bce", "mse"}),
 ])
 def test_every_target_option_composes_into_data_model_loss_and_module(compose_train, option, channels, loss_terms):
     from hydra.utils import instantiate
@@ -146,3 +148,16 @@ def test_boundary_width_reaches_the_data_module(compose_train):
 
     cfg = compose_train(["target=contour", "target.boundary_width_px=3"])
     assert instantiate(cfg.data).target.boundary_width_px == 3
+
+
+def test_hv_maps_run_from_minus_one_to_one_across_each_nucleus():
+    labels = two_touching_squares()
+    target = HVTarget()(as_batch(labels))
+    assert target.shape == (1, 3, 12, 14)
+    horizontal, vertical = target[0, 1].numpy(), target[0, 2].numpy()
+    # Nucleus 9 spans columns 7..10 (centre 8.5): offsets -1.5..1.5 over 1.5 → -1, -1/3, 1/3, 1.
+    assert np.allclose(horizontal[3, 7:11], [-1, -1 / 3, 1 / 3, 1])
+    assert np.allclose(vertical[1:7, 8], np.linspace(-1, 1, 6))
+    # Between touching nuclei 5 and 9 the horizontal map drops from +1 to -1.
+    assert horizontal[3, 6] == pytest.approx(1.0) and horizontal[3, 7] == pytest.approx(-1.0)
+    assert (target[0, 1:][:, labels == 0] == 0).all()

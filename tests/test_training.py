@@ -106,7 +106,7 @@ def test_two_model_multirun_writes_two_metrics_files_and_evaluate_writes_beside_
 def test_contour_fast_dev_run_logs_instance_metrics_and_per_image_records(compose_train):
     from nucseg.pipeline import build_module
 
-    cfg = compose_train(["target=contour", "debug=fast"])
+    cfg = compose_train(["target=contour", "debug=fast", "module.val_instance_metrics=true"])
     metrics = train(cfg)
     assert {"aji", "aji_per_image", "aji_plus", "pq", "dq", "sq", "pq_per_image"} <= set(metrics["test"])
     assert 0.0 <= metrics["test"]["aji"] <= 1.0
@@ -168,6 +168,8 @@ def test_probabilities_and_foreground_of_each_target():
     assert torch.allclose(distance[:, :1], torch.sigmoid(logits[:, :1] * 3))
     assert distance[:, 1].min() >= 0 and distance[:, 1].max() <= 1
     assert torch.equal(target_foreground_probability(distance, "distance"), distance[:, :1])
+    hv = target_probabilities(logits * 3, "hv")
+    assert hv[:, 1:].min() >= -1 and hv[:, 1:].max() <= 1 and hv[:, 1:].min() < 0
 
 
 def test_test_records_hold_pixel_counts_and_instance_metrics_per_image(compose_train):

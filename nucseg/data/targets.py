@@ -21,6 +21,10 @@ float tensor:
   own maximum (so every nucleus peaks at 1, whatever its size). Computed exactly with scipy on
   the host (one nucleus at a time, on its bounding box), so it costs a device-to-host copy of
   the label batch.
+- :class:`HVTarget` (``hv``, 3 output channels; HoVer-Net, Graham et al. 2019): channel 0 the
+  foreground, channels 1 and 2 each nucleus's horizontal and vertical pixel offsets from its
+  centre of mass, each divided by that nucleus's largest absolute offset on the axis (so in
+  [-1, 1]), 0 outside nuclei. Computed on the host like the distance.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from scipy import ndimage
 from torch import Tensor
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
-TARGET_NAMES = ("binary", "contour", "distance")
+TARGET_NAMES = ("binary", "contour", "distance", "hv")
 # float32 represents every integer up to 2**24 exactly: the largest id a label map may carry
 # through the float augmentation.
 MAX_EXACT_FLOAT32_ID = 2**24
@@ -150,6 +154,43 @@ class DistanceTarget:
         return "DistanceTarget()"
 
 
+def horizontal_vertical_maps(instance_labels: np.ndarray) -> np.ndarray:
+    """(2, H, W) float32: each nucleus's column and row offsets from its centre of mass, in [-1, 1].
+
+    Offsets are divided per nucleus and per axis by their largest absolute value (HoVer-Net's
+    normalisation); a nucleus one pixel wide on an axis gets 0 on that axis.
+    """
+    labels = np.asarray(instance_labels)
+    maps = np.zeros((2, *labels.shape), dtype=np.float32)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = labels[box] == index
+        rows, cols = np.nonzero(inside)
+        for channel, coordinates in ((0, cols), (1, rows)):
+            offsets = coordinates - coordinates.mean()
+            largest = np.abs(offsets).max()
+            if largest > 0:
+                maps[channel][box][inside] = (offsets / largest).astype(np.float32)
+    return maps
+
+
+class HVTarget:
+    """(B, 3, H, W) float: foreground, and the per-nucleus horizontal and vertical maps in [-1, 1]."""
+
+    name = "hv"
+    out_channels = 3
+
+    def __call__(self, instance_labels: Tensor) -> Tensor:
+        _check_labels(instance_labels)
+        host = instance_labels.detach().to("cpu", torch.int64).numpy()
+        maps = np.stack([horizontal_vertical_maps(_sequential(labels[0])) for labels in host])
+        return torch.cat([(instance_labels > 0).float(), torch.from_numpy(maps).to(instance_labels.device)], dim=1)
+
+    def __repr__(self) -> str:
+        return "HVTarget()"
+
+
 def _sequential(labels: np.ndarray) -> np.ndarray:
     """Ids renumbered 1..N (find_objects indexes by id; crops hold few of an image's many ids)."""
     ids, inverse = np.unique(labels, return_inverse=True)
@@ -170,4 +211,6 @@ def build_target(name: str = "binary", boundary_width_px: int = 2) -> Target:
         return ContourTarget(boundary_width_px)
     if name == "distance":
         return DistanceTarget()
+    if name == "hv":
+        return HVTarget()
     raise ValueError(f"unknown target '{name}'; choose one of: {', '.join(TARGET_NAMES)} (conf/target/)")

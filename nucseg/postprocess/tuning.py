@@ -25,6 +25,7 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "binary": {"threshold": [0.4, 0.5, 0.6], "min_size": [0, 10, 30]},
     "contour": {"threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.4, 0.5, 0.7], "marker_erosion_px": [0, 2]},
     "distance": {"threshold": [0.4, 0.5, 0.6], "h": [0.1, 0.2, 0.4]},
+    "hv": {"threshold": [0.4, 0.5, 0.6], "edge_threshold": [0.05, 0.1, 0.2]},
 }
 
 
@@ -63,7 +64,7 @@ def tune_postprocess(
         probabilities_per_image: (C, H, W) probabilities of each validation image.
         labels_per_image: (H, W) ground-truth instance labels of each image, in the same order.
         grid: parameter name → values to try (``None``: :data:`DEFAULT_GRIDS` of the target).
-        target: ``binary``, ``contour`` or ``distance``.
+        target: ``binary``, ``contour``, ``distance`` or ``hv``.
         base_params: parameters fixed for every grid point (the grid's values replace them).
 
     Returns:
