@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 from test_slide import write_subifd_pyramid, write_svs_like  # tests/ is on sys.path
 from test_streaming import DarknessNet
 
@@ -154,6 +155,18 @@ def test_aperio_svs_with_mpp_in_its_description(model: SlideModel, tmp_path: Pat
     discs = np.array(sorted((x, y) for x, y, _ in DISCS), dtype=float)
     np.testing.assert_allclose(polygon_centroids(tmp_path / "out" / "scan.geojson"), discs, atol=1.5)
     assert (tmp_path / "out" / "scan_mask.png").is_file()  # --png asks for them
+
+
+def test_offset_applies_to_a_plain_image_too(model: SlideModel, tmp_path: Path) -> None:
+    """A region exported from a slide as a PNG: --offset places its nuclei on the slide."""
+    image = slide_levels()[1][:128]  # level 1 is at the model's 0.5 µm/px
+    Image.fromarray(image).save(tmp_path / "region.png")
+    run(tmp_path / "region.png", tmp_path / "plain", "--mpp", "0.5")
+    run(tmp_path / "region.png", tmp_path / "shifted", "--mpp", "0.5", "--offset", "300", "40")
+    plain = polygon_centroids(tmp_path / "plain" / "region.geojson")
+    assert len(plain) == 2
+    shifted = polygon_centroids(tmp_path / "shifted" / "region.geojson")
+    np.testing.assert_allclose(shifted, plain + [300, 40], atol=1e-3)
 
 
 def test_a_single_page_tiff_is_not_a_slide(tmp_path: Path) -> None:

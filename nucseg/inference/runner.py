@@ -62,7 +62,7 @@ from nucseg.inference.streaming import (
     stream_logits,
 )
 from nucseg.utils.image_io import TIFF_SUFFIXES, read_rgb_image
-from nucseg.utils.resolution import DEFAULT_MODEL_MPP, model_pixel_size, read_pixel_size
+from nucseg.utils.resolution import DEFAULT_MODEL_MPP, model_pixel_size, plausible, read_pixel_size
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +340,12 @@ def _predict_slide(
     name = str(path)
     slide = WholeSlide(path, mpp=mpp)
     try:
+        if mpp is None and slide.mpp is not None and not plausible(slide.mpp):
+            logger.info("%s: ignoring slide pixel size %.4g µm (a placeholder)", name, slide.mpp)
+            slide.mpp = None
+        if slide.mpp is None and path.suffix.lower() in TIFF_SUFFIXES:
+            found = read_pixel_size(path)  # OME-XML and the other sources tiffslide may not read
+            slide.mpp = None if found is None else found.mpp
         if slide.mpp is None:
             logger.warning(
                 "%s: slide has no pixel size (pass --mpp); reading level 0 as if at the model's %.4g µm/px",
