@@ -157,6 +157,40 @@ def test_aperio_svs_with_mpp_in_its_description(model: SlideModel, tmp_path: Pat
     assert (tmp_path / "out" / "scan_mask.png").is_file()  # --png asks for them
 
 
+class RecordingStains:
+    """A stain reference split into estimate and apply, recording what it is given."""
+
+    def __init__(self) -> None:
+        self.estimated: list[tuple[int, ...]] = []
+        self.applied = 0
+
+    def estimate_source(self, image: np.ndarray, name: str | None = None) -> str:
+        self.estimated.append(image.shape)
+        return "estimate"
+
+    def apply(self, image: np.ndarray, estimate: str) -> np.ndarray:
+        assert estimate == "estimate"
+        self.applied += 1
+        return image
+
+
+@needs_tiffslide
+def test_slide_gets_one_stain_estimate_and_folders_find_slides(
+    model: SlideModel, slide: Path, tmp_path: Path
+) -> None:
+    model.stain_normalizer = RecordingStains()
+    run(slide, tmp_path / "out")
+    assert model.stain_normalizer.estimated == [(512, 512, 3)]  # the whole of level 1, once
+    assert model.stain_normalizer.applied == 6  # the blocks with tissue only
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / "a.svs").write_bytes(b"")
+    (folder / "b.ndpi").write_bytes(b"")
+    (folder / "notes.txt").write_text("")
+    files, errors = predict_cli.collect_inputs([str(folder)])
+    assert [path.name for path in files] == ["a.svs", "b.ndpi"] and not errors
+
+
 def test_offset_applies_to_a_plain_image_too(model: SlideModel, tmp_path: Path) -> None:
     """A region exported from a slide as a PNG: --offset places its nuclei on the slide."""
     image = slide_levels()[1][:128]  # level 1 is at the model's 0.5 µm/px
