@@ -21,6 +21,14 @@ Images above ``--stream-above`` pixels are streamed with bounded memory; each st
 stain transform, estimated on a thumbnail of at most 2048 x 2048 pixels and applied to every
 block (``nucseg.inference.streaming``).
 
+Whole-slide images (``.svs``, ``.ndpi``, ``.scn``, ``.mrxs``, or a pyramidal ``.tif``; needs the
+``wsi`` extra) are read at the pyramid level nearest the model's pixel size and streamed; only
+blocks with tissue on the slide's thumbnail are predicted (``--no-tissue``: all). Their polygons
+and centroids are in level-0 slide pixels, so QuPath overlays them on the slide; the label TIFF
+is on the level's grid, and PNGs are written only with ``--png``. ``--offset X Y`` adds a shift
+in level-0 pixels to polygons and centroids of every input, for a region exported from a larger
+slide (see ``nucseg.inference.runner``).
+
 A file that cannot be read or predicted is reported on stderr by name and skipped (its partial
 outputs are removed); the others are still written. Exit status: 0 when every image was
 written, 1 when any failed, 2 for a usage error (bad arguments, no inputs, unreadable model).
@@ -37,11 +45,14 @@ from pathlib import Path
 
 from nucseg.inference.instances import settings_from_model
 from nucseg.inference.outputs import OutputPaths, PostprocessSettings
-from nucseg.inference.runner import DEFAULT_STREAM_ABOVE, predict_file
+from nucseg.inference.runner import DEFAULT_STREAM_ABOVE, SLIDE_SUFFIXES, predict_file
 from nucseg.utils.image_io import IMAGE_SUFFIXES
 from nucseg.utils.resolution import PLAUSIBLE_MPP, model_pixel_size, plausible
 
 logger = logging.getLogger("nucseg.predict")
+
+#: What folder and glob inputs pick up: images and whole slides.
+INPUT_SUFFIXES = IMAGE_SUFFIXES | SLIDE_SUFFIXES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiling.add_argument("--blend", choices=["gaussian", "flat"])
     tiling.add_argument("--tta", choices=["none", "flips", "d4"])
     tiling.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=False,
-        help="autocast the network (fp16 on CUDA, bf16 on CPU); default: float32, what the run's test scored"
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="autocast the network (fp16 on CUDA, bf16 on CPU); default: float32, what the run's test scored",
     )
     post = parser.add_argument_group("post-processing (default: the run's)")
     post.add_argument("--threshold", type=float, help="foreground where probability >= this")
@@ -80,7 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--mpp",
         type=float,
-        help="the inputs' pixel size in µm (default: from their metadata; unknown: the model's)",
+        help="the inputs' pixel size in µm, level 0 for slides (default: from their metadata; unknown: the model's)",
+    )
+    scale.add_argument(
+        "--offset",
+        type=float,
+        nargs=2,
+        metavar=("X", "Y"),
+        default=(0.0, 0.0),
+        help="add X, Y (level-0 slide pixels) to polygons and centroids: a region exported from a slide",
+    )
+    scale.add_argument(
+        "--tissue",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="slides: predict only where the thumbnail shows tissue (default; --no-tissue: everywhere)",
     )
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument(
@@ -110,21 +137,23 @@ def collect_inputs(specs: Sequence[str], recursive: bool = False) -> tuple[list[
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             found = sorted(
-                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES
             )
             if not found:
-                errors.append(f"{spec}: no PNG, JPEG or TIFF images in this folder")
+                errors.append(f"{spec}: no PNG, JPEG, TIFF images or slides in this folder")
             files.extend(found)
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                errors.append(f"{spec}: not a PNG, JPEG or TIFF file")
+            if path.suffix.lower() not in INPUT_SUFFIXES:
+                errors.append(
+                    f"{spec}: not a PNG, JPEG, TIFF or slide file ({', '.join(sorted(SLIDE_SUFFIXES))})"
+                )
             else:
                 files.append(path)
         elif glob.has_magic(spec):
             found = sorted(
                 Path(p)
                 for p in glob.glob(spec, recursive=True)
-                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+                if Path(p).is_file() and Path(p).suffix.lower() in INPUT_SUFFIXES
             )
             if not found:
                 errors.append(f"{spec}: pattern matches no images")
@@ -229,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mpp=args.mpp,
                 model_mpp=model_mpp,
                 png=args.png,
+                offset=(args.offset[0], args.offset[1]),
+                tissue=args.tissue,
             )
         except Exception as error:  # noqa: BLE001 - report the file, keep going with the others
             failed_images += 1
@@ -240,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = "pixel size unknown" if result.mpp is None else f"{result.mpp:.4g} µm/px"
         if result.resampled:
             scale += f", resampled to {result.model_mpp:.4g}"
+        if result.level is not None:
+            scale += f", slide level {result.level} (downsample {result.downsample:.4g})"
+            if result.blocks:
+                scale += f", {result.skipped_blocks} of {result.blocks} blocks without tissue skipped"
         report(
             f"{path}: {result.width}x{result.height} ({scale}), {result.nuclei} nuclei, "
             f"{result.seconds:.1f} s ({mode})"

@@ -16,7 +16,9 @@ The FeatureCollection also carries a foreign member ``"nucseg"`` (RFC 7946 secti
 ignores it) with the image's pixel size, so the file records its own scale.
 
 Coordinates may be scaled (``scale``): nuclei segmented at the model's resolution are traced
-there and their rings mapped to the input image's pixel frame.
+there and their rings mapped to the input image's pixel frame. ``shift`` (x, y), added after
+scaling, places them in a larger frame: a whole slide's level-0 pixels, or a slide a region was
+exported from.
 
 Polygons. Each nucleus is traced with marching squares (``skimage.measure.find_contours`` at
 level 0.5 on its zero-padded mask), so the ring runs midway between pixel centres and never
@@ -209,6 +211,7 @@ def features_from_labels(
     max_rows: int | None = None,
     scale: tuple[float, float] = (1.0, 1.0),
     measurements: Mapping[int, Mapping[str, float]] | None = None,
+    shift: tuple[float, float] = (0.0, 0.0),
 ) -> Iterator[dict[str, Any]]:
     """Yield one Feature per label of an (H, W) label image (or window of one), in label order.
 
@@ -221,6 +224,7 @@ def features_from_labels(
         max_rows: Skip objects taller than this many rows (not nuclei; the streamed writer's rule).
         scale: (rows, columns) of output frame per label pixel (``scale_ring``).
         measurements: Per label value, the measurements to write instead of ``Area px^2``.
+        shift: (x, y) added to every position after scaling (output-frame pixels).
     """
     wanted = None if only is None else set(int(v) for v in only)
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -235,6 +239,8 @@ def features_from_labels(
         if ring is None:
             continue
         ring = scale_ring(ring, scale)
+        if shift[0] or shift[1]:
+            ring = np.round(ring + np.array([shift[0], shift[1]], dtype=np.float64), 4)
         if measurements is None:
             yield nucleus_feature(ring, int(mask.sum()))
         else:

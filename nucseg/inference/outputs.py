@@ -20,6 +20,11 @@ probabilities bilinearly, labels by nearest neighbour, polygon vertices by scali
 labels and polygons line up with the input's pixels. A nucleus thinner than one input pixel can
 vanish from the label TIFF when the input is coarser than the model; it stays in the GeoJSON/CSV.
 
+Frames. Polygons and centroids can be written in a larger frame than the input's pixels
+(``ImageGrid.frame_scale``, ``frame_offset``, ``frame_mpp``): for a level of a whole slide,
+level-0 pixels (times the level's downsample), plus the offset of a region exported from a larger
+slide, so QuPath places them on the slide. Rasters stay on the input's grid.
+
 ``write_outputs`` takes an image and its probabilities in memory. ``write_outputs_streamed``
 takes the band stream of ``stream_logits`` and never holds a whole-image array: pass 1
 post-processes bands of rows with a halo (``HaloBandLabeller``), writes each nucleus's polygon
@@ -124,6 +129,10 @@ class ImageGrid:
         height, width: The input image's size.
         work_height, work_width: The size at the model's pixel size (equal when not resampled).
         mpp: The input's pixel size in µm, or None when unknown (then values are in pixels).
+        frame_scale: (rows, columns) of output-frame pixels per input pixel (a slide level's
+            downsample: polygons and centroids in level-0 pixels).
+        frame_offset: (x, y) in output-frame pixels added to polygons and centroids.
+        frame_mpp: Side of an output-frame pixel in µm (default: ``mpp / mean(frame_scale)``).
     """
 
     height: int
@@ -131,6 +140,9 @@ class ImageGrid:
     work_height: int
     work_width: int
     mpp: float | None = None
+    frame_scale: tuple[float, float] = (1.0, 1.0)
+    frame_offset: tuple[float, float] = (0.0, 0.0)
+    frame_mpp: float | None = None
 
     @classmethod
     def identity(cls, height: int, width: int, mpp: float | None = None) -> ImageGrid:
@@ -148,18 +160,43 @@ class ImageGrid:
         return self.height / self.work_height, self.width / self.work_width
 
     @property
+    def framed(self) -> bool:
+        """Whether polygons and centroids go to a frame other than the input's pixels."""
+        return tuple(self.frame_scale) != (1.0, 1.0) or tuple(self.frame_offset) != (0.0, 0.0)
+
+    @property
+    def output_scale(self) -> tuple[float, float]:
+        """(rows, columns) of output-frame pixels per work pixel."""
+        rows, cols = self.scale
+        return rows * self.frame_scale[0], cols * self.frame_scale[1]
+
+    @property
+    def output_mpp(self) -> float | None:
+        """Side of an output-frame pixel in µm (None when the input's is unknown)."""
+        if self.frame_mpp is not None or self.mpp is None:
+            return self.frame_mpp
+        return self.mpp / (0.5 * (self.frame_scale[0] + self.frame_scale[1]))
+
+    @property
     def work_mpp(self) -> float | None:
         """Side of a work-grid pixel in µm (None when the input's is unknown)."""
         return None if self.mpp is None else self.mpp * self.width / self.work_width
 
     def metadata(self, model_mpp: float | None = None) -> dict[str, Any]:
         """What the GeoJSON records about scale."""
-        return {
+        metadata: dict[str, Any] = {
             "pixel_size_um": self.mpp,
             "model_pixel_size_um": model_mpp,
             "segmented_pixel_size_um": self.work_mpp,
             "units": "µm" if self.mpp is not None else "px",
         }
+        if self.framed:
+            metadata["coordinates"] = {
+                "pixel_size_um": self.output_mpp,
+                "downsample_xy": [self.frame_scale[1], self.frame_scale[0]],
+                "offset_xy": list(self.frame_offset),
+            }
+        return metadata
 
 
 def probability_to_uint8(probability: np.ndarray) -> np.ndarray:
@@ -250,6 +287,19 @@ def _write_rasters(
                 )
 
 
+def _centroids_to_frame(table: dict[str, np.ndarray], grid: ImageGrid) -> None:
+    """Move ``measure_nuclei``'s centroids (input frame) to the output frame, in place."""
+    calibrated = grid.work_mpp is not None
+    x_name, y_name = column_names(calibrated)[:2]
+    (row_scale, col_scale), (frame_rows, frame_cols) = grid.scale, grid.output_scale
+    # back to continuous work-grid coordinates, then to the frame
+    to_work = (grid.work_mpp, grid.work_mpp) if calibrated else (col_scale, row_scale)
+    x = table[x_name] / to_work[0] * frame_cols + grid.frame_offset[0]
+    y = table[y_name] / to_work[1] * frame_rows + grid.frame_offset[1]
+    unit = grid.output_mpp if calibrated else None
+    table[x_name], table[y_name] = (x, y) if unit is None else (x * unit, y * unit)
+
+
 def _add_nuclei(
     objects: np.ndarray,
     first_id: int,
@@ -262,14 +312,17 @@ def _add_nuclei(
 ) -> None:
     """Measure the objects (local labels 1..n) of a window and write their features and CSV rows."""
     table = measure_nuclei(objects, work_image, grid.work_mpp, offset=(window_top, 0), scale=grid.scale)
+    if grid.framed:
+        _centroids_to_frame(table, grid)
     by_label = {int(row.pop("label")): row for row in rows_of(table)}
     features = features_from_labels(
         objects,
         offset=(window_top, 0),
         tolerance=settings.tolerance,
         connectivity=settings.connectivity,
-        scale=grid.scale,
+        scale=grid.output_scale,
         measurements={label: {"Label": label + first_id - 1, **row} for label, row in by_label.items()},
+        shift=grid.frame_offset,
     )
     for feature in features:
         geojson.add(feature)

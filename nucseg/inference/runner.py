@@ -14,6 +14,16 @@ resampled (``ResampledRegionReader``, region by region, so streaming works the s
 post-processed and measured on that grid, and the outputs are mapped back to the input's pixel
 grid (``nucseg.inference.outputs``). Stains are estimated on the input as read: they do not
 depend on the pixel size.
+
+Whole-slide images (``.svs``, ``.ndpi``, ``.scn``, ``.mrxs``, and a ``.tif``/``.tiff`` with a
+pyramid: ``is_slide``) are opened with ``nucseg.io.slide.WholeSlide``. The level nearest the
+model's pixel size is read as stored (resampled only if it is more than ``RESAMPLE_TOLERANCE``
+off) and always streamed, as a large TIFF is. Tissue is found on the slide's thumbnail
+(``WholeSlide.tissue_mask``) and blocks without any are not predicted (``stream_logits(skip=)``:
+probability 0 there). Polygons and centroids are written in level-0 pixels (the level's
+coordinates times its downsample), measurements in µm at the level's pixel size; the label,
+probability and PNG rasters stay on the level's grid. ``offset`` (x, y, level-0 pixels) is
+added to polygons and centroids of any input, for a region exported from a larger slide.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +51,18 @@ from nucseg.inference.outputs import (
 from nucseg.inference.sliding_window import sliding_window_predict
 from nucseg.inference.streaming import (
     DEFAULT_OVERVIEW_PIXELS,
+    SKIP_LOGIT,
     ArrayRegionReader,
     Normalizer,
+    RegionReader,
     ResampledRegionReader,
+    SkipFn,
     TiffRegionReader,
     fixed_stain_transform,
     stream_logits,
 )
 from nucseg.utils.image_io import TIFF_SUFFIXES, read_rgb_image
-from nucseg.utils.resolution import DEFAULT_MODEL_MPP, model_pixel_size, read_pixel_size
+from nucseg.utils.resolution import DEFAULT_MODEL_MPP, model_pixel_size, plausible, read_pixel_size
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +72,8 @@ PNG_MAX_PIXELS = 4096 * 4096
 #: Pixel sizes within this relative difference of the model's are not resampled (5 %).
 RESAMPLE_TOLERANCE = 0.05
 TILING_KEYS = ("tile_size", "overlap", "batch_size", "blend", "tta", "amp", "tile_multiple")
+#: Whole-slide formats by suffix; a ``.tif``/``.tiff`` is a slide when it has a pyramid.
+SLIDE_SUFFIXES = {".svs", ".ndpi", ".scn", ".mrxs"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,50 @@ class ImageResult:
     mpp: float | None = None
     model_mpp: float = DEFAULT_MODEL_MPP
     resampled: bool = False
+    level: int | None = None
+    downsample: float = 1.0
+    blocks: int = 0
+    skipped_blocks: int = 0
+
+
+def is_slide(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is predicted as a whole slide: a slide suffix, or a TIFF with a pyramid.
+
+    A TIFF counts when tiffslide opens it with more than one level; without tiffslide (or when
+    it cannot open the file) it is read as a plain TIFF.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in SLIDE_SUFFIXES:
+        return True
+    if suffix not in TIFF_SUFFIXES:
+        return False
+    from nucseg.io.slide import SlideError, WholeSlide
+
+    try:
+        with WholeSlide(path) as slide:
+            return slide.level_count > 1
+    except SlideError:
+        return False
+
+
+def background_logits(model: Any) -> tuple[float, ...]:
+    """Logits that mean "no nucleus" for the model's target, for blocks that are not predicted.
+
+    Binary and distance: every channel ``SKIP_LOGIT`` (sigmoid foreground 0, distance clamped to
+    0); contour: background ``-SKIP_LOGIT`` and the others ``SKIP_LOGIT`` (softmax background 1).
+    """
+    from nucseg.data.targets import build_target
+
+    config = getattr(model, "run_config", None) or {}
+    target = str(getattr(model, "target", None) or (config.get("module") or {}).get("target") or "binary")
+    try:
+        channels = int(build_target(target).out_channels)
+    except (ValueError, KeyError):
+        channels = 1
+    if target == "contour":
+        return (-SKIP_LOGIT,) + (SKIP_LOGIT,) * (channels - 1)
+    return (SKIP_LOGIT,) * channels
 
 
 def work_grid(height: int, width: int, mpp: float | None, model_mpp: float) -> ImageGrid:
@@ -110,11 +169,14 @@ def predict_file(
     model_mpp: float | None = None,
     png: bool | None = None,
     heads: Heads | None = None,
+    offset: tuple[float, float] = (0.0, 0.0),
+    tissue: bool = True,
 ) -> ImageResult:
     """Predict ``path`` with ``predict_fn`` and write the outputs listed in ``paths``.
 
     Args:
-        path: A PNG, JPEG or TIFF image (RGB, RGBA, grey; 8 or 16 bit; see ``image_io``).
+        path: A PNG, JPEG or TIFF image (RGB, RGBA, grey; 8 or 16 bit; see ``image_io``), or a
+            whole slide (``is_slide``; module docstring).
         predict_fn: (b, 3, h, w) float [0, 1] -> (b, C, h, w) logits, e.g. a loaded module.
         paths: Output destinations.
         normalizer: The training stain reference (``nucseg.data.stain``), or None to predict
@@ -132,11 +194,15 @@ def predict_file(
             ``predict_fn.run_config``, else 0.25).
         png: Write the mask and overlay PNGs (default: for images up to ``PNG_MAX_PIXELS``).
         heads: Logits -> probabilities -> foreground (default: ``heads_of(predict_fn)``).
+        offset: (x, y) added to polygon and centroid coordinates, in level-0 pixels of the slide
+            the image belongs to (a region exported from a larger slide).
+        tissue: Slides only: predict only blocks with tissue on the thumbnail (False: all).
 
     Raises:
         nucseg.utils.image_io.ImageReadError: The file cannot be read.
         ValueError: Bad settings or an unusable network output.
         TypeError: A streamed image and a normaliser without ``estimate_source``/``apply``.
+        nucseg.io.slide.SlideError: A slide cannot be opened.
     """
     path = Path(path)
     tiling = dict(tiling or {})
@@ -148,6 +214,24 @@ def predict_file(
     if model_mpp is None:
         run_config = getattr(predict_fn, "run_config", None)
         model_mpp = DEFAULT_MODEL_MPP if run_config is None else model_pixel_size(run_config, "model")
+    if is_slide(path):
+        return _predict_slide(
+            path,
+            predict_fn,
+            paths,
+            normalizer,
+            tiling,
+            settings,
+            progress,
+            overview_pixels,
+            mpp,
+            model_mpp,
+            bool(png),
+            heads or heads_of(predict_fn),
+            offset,
+            tissue,
+            started,
+        )
     if mpp is None:
         found = read_pixel_size(path)
         if found is None:
@@ -169,6 +253,8 @@ def predict_file(
     try:
         height, width = reader.height, reader.width
         grid = work_grid(height, width, mpp, model_mpp)
+        if tuple(offset) != (0.0, 0.0):
+            grid = replace(grid, frame_offset=(float(offset[0]), float(offset[1])))
         if grid.resampled:
             logger.info(
                 "%s: resampling %dx%d at %.4g µm/px to %dx%d at the model's %.4g µm/px",
@@ -229,3 +315,128 @@ def predict_file(
         reader.close()
     seconds = time.perf_counter() - started
     return ImageResult(path, height, width, nuclei, streamed, seconds, mpp, model_mpp, grid.resampled)
+
+
+def _predict_slide(
+    path: Path,
+    predict_fn: Callable[[torch.Tensor], torch.Tensor],
+    paths: OutputPaths,
+    normalizer: Any | None,
+    tiling: dict[str, Any],
+    settings: PostprocessSettings,
+    progress: bool,
+    overview_pixels: int,
+    mpp: float | None,
+    model_mpp: float,
+    png: bool,
+    heads: Heads,
+    offset: tuple[float, float],
+    tissue: bool,
+    started: float,
+) -> ImageResult:
+    """``predict_file`` for a whole slide: the level nearest the model, streamed, tissue only."""
+    from nucseg.io.slide import WholeSlide
+
+    name = str(path)
+    slide = WholeSlide(path, mpp=mpp)
+    try:
+        if mpp is None and slide.mpp is not None and not plausible(slide.mpp):
+            logger.info("%s: ignoring slide pixel size %.4g µm (a placeholder)", name, slide.mpp)
+            slide.mpp = None
+        if slide.mpp is None and path.suffix.lower() in TIFF_SUFFIXES:
+            found = read_pixel_size(path)  # OME-XML and the other sources tiffslide may not read
+            slide.mpp = None if found is None else found.mpp
+        if slide.mpp is None:
+            logger.warning(
+                "%s: slide has no pixel size (pass --mpp); reading level 0 as if at the model's %.4g µm/px",
+                name,
+                model_mpp,
+            )
+            reader = slide.reader(0)
+        else:
+            reader = slide.reader(model_mpp=model_mpp)
+        height, width = reader.height, reader.width
+        downsample_x, downsample_y = reader.downsample_xy
+        grid = replace(
+            work_grid(height, width, reader.mpp, model_mpp),
+            frame_scale=(downsample_y, downsample_x),
+            frame_offset=(float(offset[0]), float(offset[1])),
+            frame_mpp=slide.mpp,
+        )
+        logger.info(
+            "%s: level %d of %d, %dx%d at %s µm/px (downsample %.4g)",
+            name,
+            reader.level,
+            slide.level_count,
+            width,
+            height,
+            "unknown" if reader.mpp is None else f"{reader.mpp:.4g}",
+            reader.downsample,
+        )
+        work_reader: RegionReader = (
+            ResampledRegionReader(reader, grid.work_height, grid.work_width) if grid.resampled else reader
+        )
+        if not png:
+            paths = paths.without_png()
+        counts = {"blocks": 0, "skipped": 0}
+        skip: SkipFn | None = None
+        if tissue:
+            mask = slide.tissue_mask()
+            if not mask.mask.any():
+                logger.warning(
+                    "%s: no tissue found on the thumbnail; nothing is predicted (--no-tissue)", name
+                )
+            block_downsample = (downsample_x * grid.scale[1], downsample_y * grid.scale[0])
+
+            def skip(top: int, left: int, block_height: int, block_width: int) -> bool:
+                counts["blocks"] += 1
+                empty = mask.fraction(top, left, block_height, block_width, block_downsample) == 0.0
+                counts["skipped"] += int(empty)
+                return empty
+
+        normalize: Normalizer | None = None
+        if normalizer is not None:
+            normalize = fixed_stain_transform(reader, normalizer, name, overview_pixels)
+        bands = stream_logits(
+            work_reader,
+            predict_fn,
+            normalize,
+            progress=progress,
+            skip=skip,
+            skip_logits=background_logits(predict_fn),
+            **tiling,
+        )
+        nuclei = write_outputs_streamed(
+            reader,
+            bands,
+            paths,
+            settings,
+            grid=grid,
+            heads=heads,
+            work_reader=work_reader,
+            model_mpp=model_mpp,
+        )
+        if tissue:
+            logger.info(
+                "%s: %d of %d blocks had no tissue and were skipped",
+                name,
+                counts["skipped"],
+                counts["blocks"],
+            )
+    finally:
+        slide.close()
+    return ImageResult(
+        path,
+        height,
+        width,
+        nuclei,
+        True,
+        time.perf_counter() - started,
+        reader.mpp,
+        model_mpp,
+        grid.resampled,
+        level=reader.level,
+        downsample=reader.downsample,
+        blocks=counts["blocks"],
+        skipped_blocks=counts["skipped"],
+    )

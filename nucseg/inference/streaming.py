@@ -16,6 +16,13 @@ a block row is done, the rows no later tile touches are final: they are divided 
 none) the result equals ``sliding_window_predict`` on the whole normalised image (up to float
 summation order), whatever ``block_tiles`` is.
 
+Skipping. ``skip(top, left, height, width) -> bool`` (optional) is asked about each block's
+pixel rectangle before it is read; a block it answers True for is neither read nor predicted:
+its tiles contribute ``skip_logits`` (one value per channel, "certainly background" by default)
+with their usual blending weights, so the rows still normalise exactly and a pixel covered only
+by skipped tiles gets exactly ``skip_logits``. Whole-slide prediction uses it to leave out glass
+(``nucseg.io.slide.TissueMask``).
+
 Memory. Peak memory is one block of pixels (read, normalised, as tiles) plus the accumulator of
 one block row, ``C x (rows of a block row) x W`` floats (about 2 KB per image column with the
 defaults): it does not grow with the number of rows, only with the width, so a 100 000-pixel
@@ -46,7 +53,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -74,6 +81,10 @@ Normalizer = Callable[[np.ndarray], np.ndarray]
 DEFAULT_OVERVIEW_PIXELS = 2048 * 2048
 #: Most pixels read at once while building the thumbnail (48 MB of RGB).
 OVERVIEW_READ_PIXELS = 16 * 1024 * 1024
+#: Logits of skipped blocks: sigmoid(-20) = 2e-9, a probability that rounds to 0 in uint8.
+SKIP_LOGIT = -20.0
+
+SkipFn = Callable[[int, int, int, int], bool]
 
 
 class StainEstimator(Protocol):
@@ -358,6 +369,8 @@ def stream_logits(
     tile_multiple: int = 32,
     block_tiles: tuple[int, int] = (2, 8),
     progress: bool = False,
+    skip: SkipFn | None = None,
+    skip_logits: Sequence[float] = (SKIP_LOGIT,),
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Predict an image band by band; yield ``(top_row, logits)`` with logits (C, h, W) float32.
 
@@ -367,12 +380,26 @@ def stream_logits(
     ``normalize`` must be one fixed pixelwise transform for the whole image (e.g.
     ``fixed_stain_transform``); a normaliser that re-estimates per region would make the output
     depend on ``block_tiles``.
+
+    ``skip(top, left, height, width)``, when given, is asked about each block's rectangle (in
+    the reader's pixels); blocks it answers True for are not read or predicted and contribute
+    ``skip_logits`` (one per output channel; module docstring). Without it every block is
+    predicted, as before.
+
+    Raises:
+        ValueError: the network's channel count differs from ``len(skip_logits)`` (with ``skip``).
     """
     tile, overlap_px = resolve_tiling(tile_size, overlap, batch_size, blend, tta, tile_multiple)
     height, width = reader.height, reader.width
     device = model_device(predict_fn) or torch.device("cpu")
     use_amp = bool(amp)  # float32 unless asked, as sliding_window_predict (one precision rule)
+    fill = None if skip is None else torch.tensor([float(v) for v in skip_logits], dtype=torch.float32)
+    if fill is not None and fill.numel() < 1:
+        raise ValueError("stream_logits: skip_logits needs one value per output channel")
     if height < tile[0] or width < tile[1]:  # thinner than a tile: small enough to do at once
+        if skip is not None and fill is not None and skip(0, 0, height, width):
+            yield 0, np.broadcast_to(fill.numpy()[:, None, None], (fill.numel(), height, width)).copy()
+            return
         pixels = reader.read(0, 0, height, width)
         image = _to_tensor(_normalized(pixels, normalize), device)
         logits = sliding_window_predict(
@@ -410,6 +437,8 @@ def stream_logits(
                     tta,
                     use_amp,
                     bar,
+                    skip,
+                    fill,
                 )
                 final_rows = next_top - group[0]
                 carry = None if last else accumulator[:, :, final_rows:].clone()
@@ -436,6 +465,8 @@ def _predict_block_row(
     tta: str,
     use_amp: bool,
     bar: Any,
+    skip: SkipFn | None = None,
+    fill: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Predict the tile rows starting at ``rows``; return their (1, C, h, W) weighted sum plus ``carry``."""
     (th, tw), width = grid.tile, grid.size[1]
@@ -443,15 +474,29 @@ def _predict_block_row(
     accumulator: torch.Tensor | None = None
     for columns in col_groups:
         region_left, region_right = columns[0], columns[-1] + tw
-        pixels = reader.read(band_top, region_left, band_bottom - band_top, region_right - region_left)
-        region = _to_tensor(_normalized(pixels, normalize), grid.device)
+        skipped = skip is not None and skip(
+            band_top, region_left, band_bottom - band_top, region_right - region_left
+        )
+        region = None
+        if not skipped:
+            pixels = reader.read(band_top, region_left, band_bottom - band_top, region_right - region_left)
+            region = _to_tensor(_normalized(pixels, normalize), grid.device)
         jobs = [(y, x) for y in rows for x in columns]
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
-            tiles = gather_tiles(
-                region[None], [(0, y - band_top, x - region_left) for y, x in chunk], grid.tile
-            )
-            logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
+            if region is None:
+                assert fill is not None
+                logits = fill.to(grid.device)[None, :, None, None].expand(len(chunk), -1, th, tw)
+            else:
+                tiles = gather_tiles(
+                    region[None], [(0, y - band_top, x - region_left) for y, x in chunk], grid.tile
+                )
+                logits = predict_tile_batch(tiles, predict_fn, tta, use_amp)
+                if fill is not None and logits.shape[1] != fill.numel():
+                    raise ValueError(
+                        f"{reader.name}: the network gives {logits.shape[1]} channels but skipped blocks "
+                        f"{fill.numel()} (skip_logits)"
+                    )
             if accumulator is None:
                 accumulator = zeros((1, logits.shape[1], band_bottom - band_top, width), grid.device)
                 if carry is not None:
