@@ -116,7 +116,6 @@ def test_ddp_spawn_inside_a_multirun_writes_one_folder_per_job(tmp_path):
         "module.inference.tile_size=32",
         "module.inference.overlap=8",
         "trainer=ddp_spawn",
-        "+callbacks.unshare_metric_states._target_=nucseg.distributed.UnshareMetricStates",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",

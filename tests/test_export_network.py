@@ -90,7 +90,7 @@ def test_onnx_export_reproduces_the_module(tiny_run: Path, tmp_path: Path):
     print(f"onnx max abs logit difference: {result.max_abs_difference:.3g}")
     assert result.model_path == tmp_path / "model.onnx" and result.max_abs_difference < 1e-4
     assert metadata["verification"]["max_abs_difference"] == result.max_abs_difference
-    assert metadata["resolution_mpp"] is None  # synthetic data: no resolution recorded
+    assert metadata["resolution_mpp"] == 0.25  # the run's data.mpp (synthetic images are drawn at 40x)
 
     session = onnxruntime.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
     image = _other_size_image(5)
