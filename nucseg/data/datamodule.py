@@ -32,38 +32,20 @@ log = logging.getLogger(__name__)
 
 
 def split_train_val(
-    images: list[AnnotatedImage],
-    num_val_images: int,
-    seed: int,
-    *,
-    strategy: str = "random",
-    organs: Mapping[str, str] | None = None,
-    proposed: Sequence[str] = (),
-    num_folds: int | None = None,
-    fold: int = 0,
+    images: list[AnnotatedImage], num_val_images: int, seed: int, **options: Any
 ) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
     """Hold out whole images for validation, chosen independent of list order.
 
     Whole images, never patches, so no tissue is on both sides of the split. The choice is made
-    on names by :func:`nucseg.data.splits.choose_validation` (``strategy``, ``organs``,
-    ``proposed``, ``num_folds`` and ``fold`` are passed on; the defaults give the seeded random
-    choice of ``num_val_images`` images).
+    on names by :func:`nucseg.data.splits.choose_validation`, which takes ``options``
+    (``strategy``, ``organs``, ``proposed``, ``num_folds``, ``fold``); without them it is the
+    seeded random choice of ``num_val_images`` images.
 
     Raises:
         SplitError: an option out of range or a strategy without its data (a ValueError).
     """
-    held_out = set(
-        choose_validation(
-            [image.name for image in images],
-            num_val_images=num_val_images,
-            seed=seed,
-            strategy=strategy,
-            organs=organs,
-            proposed=proposed,
-            num_folds=num_folds,
-            fold=fold,
-        )
-    )
+    names = [image.name for image in images]
+    held_out = set(choose_validation(names, num_val_images=num_val_images, seed=seed, **options))
     train = [image for image in images if image.name not in held_out]
     val = [image for image in images if image.name in held_out]
     return train, val
