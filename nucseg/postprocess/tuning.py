@@ -20,11 +20,17 @@ from nucseg.postprocess.watershed import postprocess
 
 log = logging.getLogger(__name__)
 
-# A few values each: 3 x 3 x 2 = 18 post-processings per image for the contour target.
+# A few values each: 3 x 3 x 2 x 2 = 36 post-processings per image for the contour target. The
+# minimum size matters for counts and AJI alike: fragments a watershed leaves count as nuclei.
 DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "binary": {"threshold": [0.4, 0.5, 0.6], "min_size": [0, 10, 30]},
-    "contour": {"threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.4, 0.5, 0.7], "marker_erosion_px": [0, 2]},
-    "distance": {"threshold": [0.4, 0.5, 0.6], "h": [0.1, 0.2, 0.4]},
+    "contour": {
+        "threshold": [0.4, 0.5, 0.6],
+        "marker_threshold": [0.4, 0.5, 0.7],
+        "marker_erosion_px": [0, 2],
+        "min_size": [10, 30],
+    },
+    "distance": {"threshold": [0.4, 0.5, 0.6], "h": [0.1, 0.2, 0.4], "min_size": [10, 30]},
     "hv": {"threshold": [0.4, 0.5, 0.6], "edge_threshold": [0.05, 0.1, 0.2]},
 }
 
