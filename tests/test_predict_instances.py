@@ -159,3 +159,44 @@ def test_heads_use_the_module_probabilities_when_present() -> None:
     assert np.allclose(heads.foreground(probabilities), 1 - probabilities[0], atol=1e-6)
     plain = heads_of(object())
     assert np.allclose(plain.probabilities(np.zeros((1, 2, 2))), 0.5)
+
+
+def test_a_contour_run_predicts_in_memory_and_streamed_alike(tmp_path) -> None:
+    """A three-channel network goes through predict whole (all channels reach the watershed)."""
+    import tifffile
+    import torch
+
+    from nucseg.inference.outputs import OutputPaths
+    from nucseg.inference.runner import predict_file
+
+    class DarkNucleiContour(torch.nn.Module):
+        """Logits of background / interior / boundary from darkness: dark discs are nuclei."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            dark = 1.0 - images.mean(dim=1, keepdim=True)
+            return torch.cat([(0.5 - dark) * 20, (dark - 0.5) * 20, torch.zeros_like(dark)], dim=1) + self.anchor
+
+        def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(logits, dim=1)
+
+        def foreground_probability(self, probabilities: torch.Tensor) -> torch.Tensor:
+            return 1.0 - probabilities[:, :1]
+
+    image = np.full((96, 96, 3), 230, np.uint8)
+    rows, cols = np.mgrid[:96, :96]
+    for y, x in [(20, 20), (20, 60), (70, 40)]:
+        image[(rows - y) ** 2 + (cols - x) ** 2 <= 81] = 40
+    path = tmp_path / "tile.tif"
+    tifffile.imwrite(path, image)
+    settings = PostprocessSettings(target="contour", params={"threshold": 0.5, "marker_threshold": 0.5, "min_size": 5})
+    tiling = {"tile_size": 64, "overlap": 16}
+    counts = []
+    for stream_above in (10**9, 1000):  # in memory, then streamed
+        paths = OutputPaths.for_image(tmp_path / str(stream_above), "tile")
+        result = predict_file(path, DarkNucleiContour(), paths, None, tiling, settings, stream_above, mpp=0.25, model_mpp=0.25)
+        counts.append(result.nuclei)
+    assert counts == [3, 3]

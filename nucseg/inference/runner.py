@@ -299,7 +299,7 @@ def predict_file(
                 .float()
                 .div_(255.0)
             )
-            logits = sliding_window_predict(tensor, predict_fn, progress=progress, **tiling)
+            logits = sliding_window_predict(tensor[None], predict_fn, progress=progress, **tiling)  # (1, C, H, W)
             probabilities = heads.probabilities(logits[0].numpy())
             nuclei = write_outputs(
                 image,
