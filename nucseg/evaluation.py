@@ -17,8 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from nucseg.checkpoint import find_checkpoint, load_module
 from nucseg.hardware import resolve_precision
 from nucseg.models import count_parameters
-from nucseg.pipeline import collect_test_results, with_image_count
-from nucseg.postprocess.tuning import tune_on_validation
+from nucseg.pipeline import collect_test_results, tune_postprocessing, with_image_count
 from nucseg.results import json_safe_records, summarise_subsets
 from nucseg.utils.atomic import atomic_write_json
 
@@ -68,15 +67,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_config = OmegaConf.create(module.run_config)  # the stored config with the overrides merged
     datamodule = instantiate(run_config.data)
     datamodule.stain_normalizer = module.stain_normalizer or datamodule.stain_normalizer
-    postprocess: dict[str, Any] = {"params": dict(module.postprocess_params), "chosen_on": "stored run config"}
     if cfg.get("tune_postprocess"):
         datamodule.setup("fit")
-        best, table = tune_on_validation(module, datamodule)
-        chosen = max(table, key=lambda row: row["aji"])
-        postprocess = {
-            "params": best, "chosen_on": "validation", "validation_images": [i.name for i in datamodule.val_images],
-            "validation_aji": chosen["aji"], "validation_pq": chosen["pq"], "grid": table,
-        }
+    postprocess = tune_postprocessing(cfg, module, datamodule, best_path=None, write=False) or {
+        "params": dict(module.postprocess_params),
+        "chosen_on": "stored run config",
+    }
     _use_split(datamodule, split)
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")).used  # "auto" → this machine's
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, precision=precision)
