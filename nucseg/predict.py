@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast the network (fp16 on CUDA, bf16 on CPU); default: float32, what the run's test scored",
     )
     post = parser.add_argument_group("post-processing (default: the run's)")
-    post.add_argument("--threshold", type=float, help="foreground where probability >= this")
+    post.add_argument("--threshold", type=float, help="foreground where probability > this (the rule of the run's test)")
     post.add_argument("--min-size", type=int, help="drop smaller nuclei, in pixels at the model's scale")
     post.add_argument(
         "--connectivity", type=int, choices=[1, 2], help="binary runs: 1 4-connected, 2 8-connected"

@@ -29,6 +29,7 @@ float tensor:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -137,6 +138,15 @@ def normalized_distance(instance_labels: np.ndarray) -> np.ndarray:
     return distance
 
 
+def _foreground_and_maps(instance_labels: Tensor, maps_of: Callable[[np.ndarray], np.ndarray]) -> Tensor:
+    """(B, 1 + C, H, W): the foreground, then ``maps_of`` (one image's sequential labels -> (C, H, W))
+    computed per image on the host, where scipy's exact per-nucleus transforms run."""
+    _check_labels(instance_labels)
+    host = instance_labels.detach().to("cpu", torch.int64).numpy()
+    maps = np.stack([maps_of(_sequential(labels[0])) for labels in host])
+    return torch.cat([(instance_labels > 0).float(), torch.from_numpy(maps).to(instance_labels.device)], dim=1)
+
+
 class DistanceTarget:
     """(B, 2, H, W) float: foreground, and the per-nucleus normalised distance to the outside."""
 
@@ -144,11 +154,7 @@ class DistanceTarget:
     out_channels = 2
 
     def __call__(self, instance_labels: Tensor) -> Tensor:
-        _check_labels(instance_labels)
-        host = instance_labels.detach().to("cpu", torch.int64).numpy()
-        maps = np.stack([normalized_distance(_sequential(labels[0]))[None] for labels in host])
-        distance = torch.from_numpy(maps).to(instance_labels.device)
-        return torch.cat([(instance_labels > 0).float(), distance], dim=1)
+        return _foreground_and_maps(instance_labels, lambda labels: normalized_distance(labels)[None])
 
     def __repr__(self) -> str:
         return "DistanceTarget()"
@@ -182,10 +188,7 @@ class HVTarget:
     out_channels = 3
 
     def __call__(self, instance_labels: Tensor) -> Tensor:
-        _check_labels(instance_labels)
-        host = instance_labels.detach().to("cpu", torch.int64).numpy()
-        maps = np.stack([horizontal_vertical_maps(_sequential(labels[0])) for labels in host])
-        return torch.cat([(instance_labels > 0).float(), torch.from_numpy(maps).to(instance_labels.device)], dim=1)
+        return _foreground_and_maps(instance_labels, horizontal_vertical_maps)
 
     def __repr__(self) -> str:
         return "HVTarget()"
