@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nucseg.hardware import resolve_channels_last
 from nucseg.inference import sliding_window_predict
 from nucseg.losses import CompositeLoss
 from nucseg.metrics import PerImageMetrics, build_pixel_metrics
@@ -76,12 +77,15 @@ class SegmentationModule(L.LightningModule):
             budget it is cheaper there; the test still uses ``inference``.
         threshold: foreground probability above which a pixel is called nucleus (pixel metrics).
         num_logged_images: validation images drawn to TensorBoard per epoch.
-        channels_last: keep weights and inputs in NHWC memory order. The same arithmetic; the
-            convolution kernels of oneDNN (CPU) and cuDNN (tensor cores) are faster on it:
-            training on the 2-core CPU runs 1.2–1.4× faster in float32 and 2.3–3.4× with bf16
-            autocast (docs/measurements.md). Off by default: on CPU, torch 2.14's oneDNN
-            crashes in the backward pass of 1×1 stride-2 convolutions with 2–8 input channels
-            in this layout, so :meth:`on_fit_start` refuses such networks with a clear error.
+        channels_last: keep weights and inputs in NHWC memory order (``True``, ``False`` or
+            ``"auto"``). The same arithmetic; the convolution kernels of oneDNN (CPU) and cuDNN
+            (tensor cores) are faster on it: training on the 2-core CPU runs 1.2–1.4× faster in
+            float32 and 2.3–3.4× with bf16 autocast (docs/measurements.md). On CPU, torch 2.14's
+            oneDNN crashes in the backward pass of 1×1 stride-2 convolutions with 2–8 input
+            channels in this layout: ``auto`` (:func:`nucseg.hardware.resolve_channels_last`,
+            for the device this module will most likely run on) turns it on except for such
+            networks, and :meth:`on_fit_start` refuses them with a clear error when it is
+            forced on. The resolved choice is in ``channels_last_choice``.
         target: ``binary``, ``contour``, ``distance`` or ``hv``: what the logits mean (the data module's
             target must be the same; a run config without it is binary).
         postprocess: post-processing parameters replacing the target's defaults
@@ -108,7 +112,7 @@ class SegmentationModule(L.LightningModule):
         validation_inference: Mapping[str, Any] | None = None,
         threshold: float = 0.5,
         num_logged_images: int = 2,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         target: str = "binary",
         postprocess: Mapping[str, Any] | None = None,
         val_instance_metrics: bool = False,
@@ -117,8 +121,9 @@ class SegmentationModule(L.LightningModule):
         if target not in TARGET_CHANNELS:
             raise ValueError(f"SegmentationModule: unknown target '{target}'; choose one of: {', '.join(TARGET_CHANNELS)}")
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
-        self.channels_last = channels_last
-        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.channels_last_choice = resolve_channels_last(channels_last, net, "cuda" if torch.cuda.is_available() else "cpu")
+        self.channels_last = bool(self.channels_last_choice.used)
+        self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

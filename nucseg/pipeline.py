@@ -230,6 +230,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     log_choice("trainer.precision", precision)
+    log_choice("module.channels_last", module.channels_last_choice)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, precision=precision.used, plugins=[AtomicCheckpointIO()]
     )
@@ -269,6 +270,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "precision": precision.as_dict(),
+        "channels_last": module.channels_last_choice.as_dict(),
         "progress": progress.summary(trainer) if progress is not None else None,
         "best_ckpt": str(Path(best_path).relative_to(run_dir)) if best_path and Path(best_path).is_relative_to(run_dir) else best_path,
         "stain": {"fallbacks": getattr(datamodule.stain_normalizer, "fallback_count", 0)},
