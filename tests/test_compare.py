@@ -368,7 +368,7 @@ def test_crops_from_runs_skips_a_broken_run(tmp_path: Path, caplog: pytest.LogCa
     caplog.set_level(logging.WARNING)
     crops = crops_from_runs(
         {"unet": make_run("unet"), "broken": make_run("broken"), "resunet": make_run("resunet")},
-        crop_size=48, num_images=2, load_module=load_module, load_test_images=lambda run: images, predict=predict,
+        crop_size=48, num_images=2, load_module=load_module, load_test_images=lambda run, module: images, predict=predict,
     )
     assert [crop.source for crop in crops] == ["test_0", "test_1"]
     assert all(set(crop.predictions) == {"unet", "resunet"} for crop in crops)
@@ -381,7 +381,7 @@ def test_tensorboard_layout_callback(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    from nucseg.compare.tensorboard_layout import TensorBoardLayout, custom_scalars_layout
+    from nucseg.callbacks import TensorBoardLayout, custom_scalars_layout
 
     layout = custom_scalars_layout()
     assert set(layout) == {"Loss", "Dice", "IoU", "Accuracy"}
