@@ -67,7 +67,8 @@ def test_a_tiny_run_and_its_evaluation_write_the_schema(compose_train, tmp_path)
     assert set(curves["val/dice"]) == {0} and set(curves["train/loss"]) == {0}
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        eval_cfg = compose("eval", overrides=[f"run_dir={run_dir}", "trainer.accelerator=cpu", f"paths.log_dir={tmp_path / 'logs'}"])
+        overrides = [f"run_dir={run_dir}", "trainer.accelerator=cpu", f"paths.output_dir={tmp_path / 'eval'}"]
+        eval_cfg = compose("eval", overrides=overrides)
     evaluated = evaluate(eval_cfg)
     assert tuple(evaluated) == schema.EVALUATION_KEYS
     assert tuple(json.loads((run_dir / "evaluations" / "test.json").read_text())) == schema.EVALUATION_KEYS
