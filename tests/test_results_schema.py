@@ -65,6 +65,12 @@ def test_a_tiny_run_and_its_evaluation_write_the_schema(compose_train, tmp_path)
     assert list((run_dir / "csv").rglob("metrics.csv")) and list((run_dir / "tensorboard").glob("events.*"))
     curves = read_epoch_curves(run_dir)
     assert set(curves["val/dice"]) == {0} and set(curves["train/loss"]) == {0}
+    # example crops: the checkpoint through load_module, test images with the checkpoint's data config
+    from nucseg.compare.collect import load_run
+    from nucseg.compare.examples import crops_from_runs
+
+    crops = crops_from_runs({"unet": load_run(run_dir)}, crop_size=32, num_images=1)
+    assert len(crops) == 1 and crops[0].predictions["unet"].shape == (32, 32)
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         overrides = [f"run_dir={run_dir}", "trainer.accelerator=cpu", f"paths.output_dir={tmp_path / 'eval'}"]
