@@ -42,7 +42,7 @@ tensorboard: $(STAMP) ## Serve TensorBoard for all runs on 127.0.0.1:6006
 	$(PY) -m tensorboard.main --logdir logs --host 127.0.0.1
 
 tensorboard-check: $(STAMP) ## Start TensorBoard on the newest sweep (or DIRS=...), check tags and HParams over HTTP, stop it
-	$(PY) -m nucseg.compare.tensorboard_check $(DIRS)
+	$(PY) scripts/tensorboard_check.py $(DIRS)
 
 bench: $(STAMP) ## Benchmarks: inference (ours vs MONAI vs raw forward, streaming memory), training throughput (per model; fp32 vs channels-last vs bf16 vs auto, this CPU and as an AVX2 one)
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, Timer
 from lightning.pytorch.trainer.states import TrainerFn
 
 from nucseg.schedules import ProgressSchedule, training_progress
+from nucseg.schema import METRIC_TITLES
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +215,51 @@ class NonFiniteLossGuard(L.Callback):
             f"training loss is {value} at step {step} (epoch {trainer.current_epoch}, batch {batch_idx}); {last}. "
             "Lower optimizer.lr, train in trainer.precision=32-true, or check the data"
         )
+
+
+def custom_scalars_layout(metrics: Mapping[str, str] = METRIC_TITLES) -> dict[str, dict[str, list[Any]]]:
+    """The layout for ``SummaryWriter.add_custom_scalars``: one category per metric (name -> title).
+
+    Each category has three multiline charts: train, validation, and both. Regexes accept
+    Lightning's ``_epoch`` suffix so the charts fill whichever form the module logs.
+    """
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for metric, title in metrics.items():
+        layout[title] = {
+            f"train/{metric}": ["Multiline", [rf"^train/{metric}(_epoch)?$"]],
+            f"val/{metric}": ["Multiline", [rf"^val/{metric}(_epoch)?$"]],
+            f"train and val {metric}": ["Multiline", [rf"^(train|val)/{metric}(_epoch)?$"]],
+        }
+    return layout
+
+
+class TensorBoardLayout(L.Callback):
+    """Give TensorBoard a Custom Scalars layout that shows one metric of every run in one chart.
+
+    TensorBoard merges the layouts of all runs under ``--logdir`` (same category titles become one
+    category) and matches each chart's tag regexes in every run, so a chart shows the same metric
+    of every model of a sweep side by side. Does nothing without a TensorBoard logger, and writes
+    each logger's layout once even when ``fit`` is called again (once per writer is allowed).
+
+    Args:
+        metrics: metric name -> category title; default the pixel metrics of :mod:`nucseg.schema`.
+    """
+
+    def __init__(self, metrics: Mapping[str, str] = METRIC_TITLES) -> None:
+        super().__init__()
+        self.layout = custom_scalars_layout(metrics)
+        self._written: set[int] = set()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Add the layout to each TensorBoard logger's SummaryWriter (global rank 0 only)."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            writer = logger.experiment if isinstance(logger, TensorBoardLogger) else None
+            if writer is None or not hasattr(writer, "add_custom_scalars") or id(writer) in self._written:
+                continue
+            writer.add_custom_scalars(self.layout)
+            writer.flush()
+            self._written.add(id(writer))

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from nucseg.checkpoint import find_checkpoint, load_module
 from nucseg.hardware import resolve_precision
 from nucseg.models import count_parameters
-from nucseg.pipeline import collect_test_results, tune_postprocessing, with_image_count
+from nucseg.pipeline import tune_postprocessing
 from nucseg.results import json_safe_records, summarise_subsets
+from nucseg.schema import FINISHED, METRICS_FILE, collect_test_results, make_test_block
 from nucseg.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "model": run_config.model.name,
         "run_name": run_dir.name,
-        "status": "finished",
+        "status": FINISHED,
         "seed": run_config.get("seed"),
         "split": split,
         "protocol": getattr(datamodule, "protocol", None),
         "postprocess": postprocess,
-        "test": {**with_image_count(results), "per_image": per_image},
+        "test": make_test_block(results, per_image),
         "test_summary": summarise_subsets(per_image, {} if split != "test" else getattr(datamodule, "test_subsets", {}) or {}),
         "params": count_parameters(module.net),
         "evaluated_checkpoint": str(checkpoint_path),
@@ -96,7 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     output_dir = cfg.get("output_dir")
     if output_dir and Path(output_dir).resolve() != run_dir.resolve():
-        output_path = Path(output_dir) / "metrics.json"
+        output_path = Path(output_dir) / METRICS_FILE
     else:
         output_path = run_dir / "evaluations" / f"{cfg.get('name') or evaluation_name(split, overrides)}.json"
     atomic_write_json(output_path, metrics)

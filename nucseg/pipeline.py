@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,19 +36,26 @@ from nucseg.models import count_parameters
 from nucseg.postprocess.tuning import tune_on_validation
 from nucseg.results import json_safe_records, summarise_subsets
 from nucseg.resume import AtomicCheckpointIO, RandomStateCheckpoint, finished_metrics, resume_checkpoint
+from nucseg.schema import (
+    FAILED,
+    FINISHED,
+    METRICS_FILE,
+    RUNNING,
+    collect_test_results,
+    hparams,
+    hparams_metrics,
+    make_test_block,
+    write_status,
+)
+from nucseg.schema import (
+    optimized_metric as optimized_metric,  # what train.py returns to a sweeper
+)
 from nucseg.sweep import check_multirun_strategy
 from nucseg.utils.atomic import atomic_write_json
 from nucseg.utils.provenance import write_provenance
 
 log = logging.getLogger(__name__)
 CallbackT = TypeVar("CallbackT", bound=L.Callback)
-HPARAM_GROUPS = ("model", "loss", "optimizer", "scheduler", "data", "module", "trainer", "seed")
-
-
-def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
-    """Record the run's state atomically (``running`` / ``finished`` / ``failed``)."""
-    payload = {"status": status, "error": error, "updated": datetime.now(timezone.utc).isoformat()}
-    atomic_write_json(run_dir / "status.json", payload)
 
 
 def build_module(cfg: DictConfig) -> L.LightningModule:
@@ -62,53 +68,6 @@ def build_module(cfg: DictConfig) -> L.LightningModule:
         optimizer=instantiate(cfg.optimizer),
         scheduler=scheduler,
     )
-
-
-def collect_test_results(results: list[dict[str, float]]) -> dict[str, float | None]:
-    """Merge Lightning's test results; a non-finite value (a diverged run) becomes ``None``,
-    so that ``metrics.json`` stays valid JSON and the run is still recorded."""
-    merged: dict[str, float | None] = {}
-    for result in results:
-        for key, value in result.items():
-            number = float(value)
-            merged[key.removeprefix("test/")] = number if math.isfinite(number) else None
-    if any(value is None for value in merged.values()):
-        log.warning("non-finite test metrics recorded as null: %s", [k for k, v in merged.items() if v is None])
-    return merged
-
-
-def with_image_count(results: dict[str, float | None]) -> dict[str, Any]:
-    """Test results with ``num_images`` (logged by the module as a float) as an int.
-
-    The count is what the test actually scored, so no split size stands in for it."""
-    scored = results.get("num_images")
-    return {**results, "num_images": int(scored)} if scored is not None else dict(results)
-
-
-def _flatten(node: Any, prefix: str, flat: dict[str, Any]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if not str(key).startswith("_"):
-                _flatten(value, f"{prefix}/{key}" if prefix else str(key), flat)
-    elif isinstance(node, bool | int | float | str):
-        flat[prefix] = node
-
-
-def _hparams_for_tensorboard(resolved_config: dict[str, Any]) -> dict[str, Any]:
-    """Flat, scalar-only hyperparameters (the HParams tab cannot show lists or None)."""
-    flat: dict[str, Any] = {}
-    _flatten({group: resolved_config[group] for group in HPARAM_GROUPS if group in resolved_config}, "", flat)
-    return flat
-
-
-def optimized_metric(metrics: dict[str, Any]) -> float:
-    """The best validation value of ``optimized_metric``: what a Hydra sweeper maximises.
-
-    Never a test metric: a sweep that chose hyperparameters on the test split would report an
-    optimistic test score. NaN when the run recorded no finite validation value (a diverged run).
-    """
-    value = (metrics.get("validation") or {}).get("best")
-    return float("nan") if value is None else float(value)
 
 
 def validation_summary(monitor: str, checkpoint: ModelCheckpoint | None, trainer: L.Trainer) -> dict[str, Any]:
@@ -141,14 +100,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if finished is not None:
             log.info("%s: finished before (metrics.json is complete); not trained again", run_dir)
             return finished
-    write_status(run_dir, "running")
+    write_status(run_dir, RUNNING)
     try:
         metrics = _train(cfg, run_dir)
     except BaseException as error:
-        write_status(run_dir, "failed", f"{type(error).__name__}: {error}")
+        write_status(run_dir, FAILED, f"{type(error).__name__}: {error}")
         raise
-    write_status(run_dir, "finished")
+    write_status(run_dir, FINISHED)
     return metrics
+
+
+def instantiate_loggers(logger_cfg: Any) -> list[Any]:
+    """The run's loggers: one ``_target_`` node (configs before ``conf/logger/default.yaml``) or a
+    mapping of such nodes (``tensorboard``, ``csv``); none for ``logger=null``."""
+    if not logger_cfg:
+        return []
+    if "_target_" in logger_cfg:
+        return [instantiate(logger_cfg)]
+    return [instantiate(node) for node in logger_cfg.values() if node and "_target_" in node]
 
 
 def _with_callback(callbacks: list[L.Callback], kind: type[CallbackT]) -> CallbackT:
@@ -227,12 +196,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     speed = _with_callback(callbacks, TrainingSpeed)
     _with_callback(callbacks, NonFiniteLossGuard)
     _with_callback(callbacks, RandomStateCheckpoint)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    loggers = instantiate_loggers(cfg.get("logger"))
     precision = resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     log_choice("trainer.precision", precision)
     log_choice("module.channels_last", module.channels_last_choice)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=logger, precision=precision.used, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision.used, plugins=[AtomicCheckpointIO()]
     )
     progress = next((c for c in callbacks if isinstance(c, TrainingProgress)), None)
     # Every split is read before the first step: a file the header-level check could not judge
@@ -256,12 +225,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "model": cfg.model.name,
         "run_name": run_dir.name,
-        "status": "finished",
+        "status": FINISHED,
         "seed": int(cfg.seed),
         "protocol": getattr(datamodule, "protocol", None),
         "validation": validation,
         "postprocess": postprocess,
-        "test": {**with_image_count(test_results), "per_image": per_image},
+        "test": make_test_block(test_results, per_image),
         "test_summary": summarise_subsets(per_image, getattr(datamodule, "test_subsets", {}) or {}),
         "params": count_parameters(module.net),
         "train_time_s": round(train_seconds, 2),
@@ -280,11 +249,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if not trainer.is_global_zero:  # under DDP every rank runs this function; one writes
         return metrics
-    if isinstance(logger, TensorBoardLogger):
-        logger.log_hyperparams(
-            _hparams_for_tensorboard(module.run_config), metrics={f"test/{k}": v for k, v in test_results.items() if v is not None}
-        )
-        logger.finalize("success")
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams(module.run_config), metrics=hparams_metrics(test_results))
+            logger.finalize("success")
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
     log.info("test: %s", test_results)
     return metrics

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from nucseg.compare import collect
+from nucseg.compare import curves as curves_module
 from nucseg.compare.__main__ import main, newest_sweep
 from nucseg.compare.curves import plot_curves, read_epoch_curves
 from nucseg.compare.examples import ExampleCrop, choose_crop, crops_from_runs, outline, plot_examples
@@ -253,6 +254,29 @@ def test_curves_map_steps_to_epochs(sweep: Path) -> None:
     assert read_epoch_curves(sweep / "2_model=linknet34") == {}
 
 
+def test_curves_come_from_the_csv_logger_first(tmp_path: Path) -> None:
+    """Lightning's CSVLogger rows: one per logging call with its epoch; a resumed run adds a version."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    run_dir = tmp_path / "run"
+    _write_events(run_dir, 0.1)  # TensorBoard events too: the CSV wins when it exists
+    first = CSVLogger(str(run_dir), name="csv")
+    for epoch in range(2):
+        first.log_metrics({"train/loss_step": 9.0, "epoch": epoch}, step=10 * epoch)
+        first.log_metrics({"train/loss_epoch": 1.0 - 0.1 * epoch, "train/dice": 0.5, "epoch": epoch}, step=10 * epoch + 9)
+        first.log_metrics({"val/dice": 0.6 + 0.1 * epoch, "epoch": epoch}, step=10 * epoch + 9)
+    first.save()
+    resumed = CSVLogger(str(run_dir), name="csv")  # version_1
+    resumed.log_metrics({"val/dice": 0.75, "epoch": 1}, step=19)
+    resumed.log_metrics({"val/dice": 0.8, "epoch": 2}, step=29)
+    resumed.save()
+    assert [path.parent.name for path in curves_module.csv_files(run_dir)] == ["version_0", "version_1"]
+    curves = read_epoch_curves(run_dir)
+    assert curves["val/dice"] == pytest.approx({0: 0.6, 1: 0.75, 2: 0.8})
+    assert curves["train/loss"] == pytest.approx({0: 1.0, 1: 0.9})  # from train/loss_epoch, step rows skipped
+    assert "val/iou" not in curves  # only in the TensorBoard events, which are not read
+
+
 def _assert_real_image(path: Path, min_side: int = 300) -> None:
     import matplotlib.image
 
@@ -368,7 +392,7 @@ def test_crops_from_runs_skips_a_broken_run(tmp_path: Path, caplog: pytest.LogCa
     caplog.set_level(logging.WARNING)
     crops = crops_from_runs(
         {"unet": make_run("unet"), "broken": make_run("broken"), "resunet": make_run("resunet")},
-        crop_size=48, num_images=2, load_module=load_module, load_test_images=lambda run: images, predict=predict,
+        crop_size=48, num_images=2, load_module=load_module, load_test_images=lambda run, module: images, predict=predict,
     )
     assert [crop.source for crop in crops] == ["test_0", "test_1"]
     assert all(set(crop.predictions) == {"unet", "resunet"} for crop in crops)
@@ -381,7 +405,7 @@ def test_tensorboard_layout_callback(tmp_path: Path) -> None:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    from nucseg.compare.tensorboard_layout import TensorBoardLayout, custom_scalars_layout
+    from nucseg.callbacks import TensorBoardLayout, custom_scalars_layout
 
     layout = custom_scalars_layout()
     assert set(layout) == {"Loss", "Dice", "IoU", "Accuracy"}

@@ -50,7 +50,7 @@ def test_callbacks_and_logger_instantiate(compose_train):
     cfg = compose_train()
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     assert {type(callback).__name__ for callback in callbacks} >= {"ModelCheckpoint", "TrainingSpeed"}
-    assert type(instantiate(cfg.logger)).__name__ == "TensorBoardLogger"
+    assert [type(instantiate(node)).__name__ for node in cfg.logger.values()] == ["TensorBoardLogger", "CSVLogger"]
 
 
 def test_model_widths_come_from_the_experiment(compose_train):

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-from nucseg.compare.tensorboard_check import (
-    TensorBoardReport,
-    TensorBoardServer,
-    main,
-    wait_for_report,
-)
+# A script, not part of the package: loaded from its file.
+_spec = importlib.util.spec_from_file_location("tensorboard_check", REPO_ROOT / "scripts" / "tensorboard_check.py")
+tensorboard_check = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = tensorboard_check
+_spec.loader.exec_module(tensorboard_check)
+TensorBoardReport = tensorboard_check.TensorBoardReport
+TensorBoardServer = tensorboard_check.TensorBoardServer
+main = tensorboard_check.main
+wait_for_report = tensorboard_check.wait_for_report
 
 MODELS = ("unet", "resunet", "linknet34")
 TAGS = ("train/loss", "val/loss", "val/dice", "val/iou", "val/accuracy")
@@ -23,7 +29,7 @@ def _write_sweep(root: Path) -> Path:
     """Three runs logged as the project's module does: Lightning's TensorBoardLogger, version ''."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from nucseg.compare.tensorboard_layout import TensorBoardLayout
+    from nucseg.callbacks import TensorBoardLayout
 
     for index, model in enumerate(MODELS):
         logger = TensorBoardLogger(

@@ -1,13 +1,11 @@
-"""Compare runs: metrics.json and TensorBoard events of runs -> table, curves and example figures.
+"""Compare runs: metrics.json and epoch metrics (csv/metrics.csv) of runs -> table, curves and example figures.
 
 ``python -m nucseg.compare [RUN_OR_SWEEP_DIR ...]`` writes ``comparison.md``,
-``comparison.csv``, ``curves.png`` and ``examples.png``. :class:`TensorBoardLayout` (a Lightning
-callback) is imported lazily so that comparing runs does not import Lightning.
+``comparison.csv``, ``curves.png`` and ``examples.png``. What the files of a run hold is
+defined in :mod:`nucseg.schema`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from nucseg.compare.collect import RunRecord, collect_runs, find_run_dirs, load_run
 from nucseg.compare.curves import plot_curves, read_epoch_curves
@@ -21,7 +19,6 @@ __all__ = [
     "ExampleCrop",
     "RunGroup",
     "RunRecord",
-    "TensorBoardLayout",
     "build_table",
     "collect_runs",
     "crops_from_runs",
@@ -34,11 +31,3 @@ __all__ = [
     "write_comparison",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """Import :class:`TensorBoardLayout` on first use (it needs Lightning)."""
-    if name == "TensorBoardLayout":
-        from nucseg.compare.tensorboard_layout import TensorBoardLayout
-
-        return TensorBoardLayout
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,21 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nucseg.schema import FAILED, FINISHED, METRICS_FILE, STATUS_FILE
+
 log = logging.getLogger(__name__)
 
-FINISHED = "finished"
-FAILED = "failed"
+# What a comparison calls runs that did not finish (status.json says FINISHED/FAILED/RUNNING).
 RUNNING_OR_CRASHED = "running or crashed"
 INVALID = "invalid"
 
 DEFAULT_SWEEPS = Path("logs") / "multiruns"
 CONFIG_FILE = Path(".hydra") / "config.yaml"
-METRICS_FILE = "metrics.json"
-STATUS_FILE = "status.json"
 
 # Folders inside a run or sweep that never contain runs; skipping them keeps the walk cheap
 # on sweeps with large checkpoint and TensorBoard folders.
-_NOT_RUNS = {".hydra", "checkpoints", "tensorboard", "comparison", "__pycache__", ".git"}
+_NOT_RUNS = {".hydra", "checkpoints", "tensorboard", "csv", "comparison", "__pycache__", ".git"}
 
 
 @dataclass(frozen=True)

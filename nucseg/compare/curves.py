@@ -1,34 +1,82 @@
-"""Training curves per model from the TensorBoard event files of runs.
+"""Training curves per model from the epoch metrics of runs (``csv/version_*/metrics.csv``).
 
-Event files, not metrics.json, are the source because they hold every epoch, and they exist
-for runs that crashed half way. Lightning logs epoch metrics at the global step, so each point
-is mapped to an epoch with the ``epoch`` scalar Lightning writes in the same logging call.
+Lightning's CSVLogger (``conf/logger/csv.yaml``) writes every logged value with the epoch it
+belongs to, in one row per logging call; a resumed run adds a version folder, read after the
+earlier ones. Runs from before the CSV logger only have TensorBoard event files; their points
+are mapped to epochs by :func:`read_tensorboard_curves`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from nucseg.compare.collect import RunRecord
+from nucseg.schema import CURVE_SPLITS, METRIC_TITLES
 
 log = logging.getLogger(__name__)
 
-# (panel title, metric name); tags are "<split>/<metric>" per docs/architecture.md.
-PANELS: tuple[tuple[str, str], ...] = (
-    ("Loss", "loss"),
-    ("Accuracy", "accuracy"),
-    ("Dice", "dice"),
-    ("IoU", "iou"),
-)
-SPLITS: tuple[str, ...] = ("train", "val")
+# (panel title, metric name) in the 2 x 2 grid; tags are "<split>/<metric>".
+PANELS: tuple[tuple[str, str], ...] = tuple((METRIC_TITLES[name], name) for name in ("loss", "accuracy", "dice", "iou"))
+SPLITS: tuple[str, ...] = CURVE_SPLITS
 EPOCH_TAG = "epoch"
+CSV_DIR = "csv"
 
 # epoch -> value for one tag of one run
 Curve = dict[int, float]
+
+
+def _default_tags() -> list[str]:
+    return [f"{split}/{metric}" for split in SPLITS for _, metric in PANELS]
+
+
+def csv_files(run_dir: Path) -> list[Path]:
+    """The run's ``csv/**/metrics.csv`` files, oldest logger version first."""
+    root = Path(run_dir) / CSV_DIR
+    if not root.is_dir():
+        return []
+    return sorted(root.rglob("metrics.csv"), key=lambda path: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))])
+
+
+def read_epoch_curves(run_dir: Path, tags: Sequence[str] | None = None) -> dict[str, Curve]:
+    """Read the epoch-level metrics of one run as ``{tag: {epoch: value}}``.
+
+    Args:
+        run_dir: a run directory with ``csv/`` (or, for runs before the CSV logger, ``tensorboard/``).
+        tags: the tags to read; default every ``<split>/<metric>`` of :data:`PANELS`. A tag
+            that is missing is simply absent from the result. ``<tag>_epoch`` is accepted for
+            ``<tag>``, which Lightning writes when a metric is logged both per step and per epoch.
+
+    Returns:
+        Curves keyed by the requested tag; a later value for the same epoch (a resumed run)
+        replaces an earlier one.
+    """
+    wanted = list(tags) if tags is not None else _default_tags()
+    files = csv_files(run_dir)
+    if not files:
+        return read_tensorboard_curves(run_dir, wanted)
+    import pandas as pd
+
+    curves: dict[str, Curve] = {}
+    for path in files:
+        try:
+            table = pd.read_csv(path)
+        except (OSError, ValueError) as exc:  # an empty or cut file of a killed run must not stop the comparison
+            log.warning("%s: cannot read the epoch metrics (%s)", path, exc)
+            continue
+        if EPOCH_TAG not in table:
+            continue
+        for tag in wanted:
+            source = tag if tag in table else f"{tag}_epoch" if f"{tag}_epoch" in table else None
+            if source is None:
+                continue
+            points = table[[EPOCH_TAG, source]].dropna()
+            curves.setdefault(tag, {}).update(zip(points[EPOCH_TAG].astype(int), points[source].astype(float), strict=True))
+    return {tag: curve for tag, curve in curves.items() if curve}
 
 
 def event_dirs(run_dir: Path) -> list[Path]:
@@ -39,23 +87,15 @@ def event_dirs(run_dir: Path) -> list[Path]:
     return sorted({path.parent for path in root.rglob("events.out.tfevents.*")})
 
 
-def read_epoch_curves(run_dir: Path, tags: Sequence[str] | None = None) -> dict[str, Curve]:
-    """Read the epoch-level scalars of one run as ``{tag: {epoch: value}}``.
+def read_tensorboard_curves(run_dir: Path, tags: Sequence[str]) -> dict[str, Curve]:
+    """Curves of a run logged before the CSV logger, from its TensorBoard event files.
 
-    Args:
-        run_dir: a run directory with a ``tensorboard/`` folder.
-        tags: the tags to read; default every ``<split>/<metric>`` of :data:`PANELS`. A tag
-            that is missing is simply absent from the result. ``<tag>_epoch`` is accepted for
-            ``<tag>``, which Lightning writes when a metric is logged both per step and per epoch.
-
-    Returns:
-        Curves keyed by the requested tag; a later value for the same epoch (a resumed run)
-        replaces an earlier one.
+    Lightning logs epoch metrics at the global step, and several logging calls can share a step
+    (a training epoch's end and the following validation), so each point takes the ``epoch``
+    scalar written closest in time at its step.
     """
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    default = [f"{split}/{metric}" for split in SPLITS for _, metric in PANELS]
-    wanted = list(tags) if tags is not None else default
     curves: dict[str, Curve] = {}
     for folder in event_dirs(run_dir):
         accumulator = ea.EventAccumulator(
@@ -69,7 +109,7 @@ def read_epoch_curves(run_dir: Path, tags: Sequence[str] | None = None) -> dict[
             continue
         available = set(accumulator.Tags().get("scalars", []))
         epochs = _epoch_lookup(accumulator.Scalars(EPOCH_TAG)) if EPOCH_TAG in available else None
-        for tag in wanted:
+        for tag in tags:
             source = tag if tag in available else f"{tag}_epoch" if f"{tag}_epoch" in available else None
             if source is None:
                 continue
@@ -82,12 +122,7 @@ def read_epoch_curves(run_dir: Path, tags: Sequence[str] | None = None) -> dict[
 
 
 def _epoch_lookup(epoch_events: Sequence[object]):
-    """Return ``(step, wall_time) -> epoch`` from Lightning's ``epoch`` scalar.
-
-    Several logging calls can share a global step (a training epoch's end and the following
-    validation); the ``epoch`` value written closest in time to the point is the one from the
-    same call.
-    """
+    """Return ``(step, wall_time) -> epoch`` from Lightning's ``epoch`` scalar."""
     by_step: dict[int, list[tuple[float, int]]] = {}
     for event in epoch_events:
         by_step.setdefault(int(event.step), []).append((float(event.wall_time), int(round(event.value))))
@@ -172,7 +207,7 @@ def plot_curves(
 
 
 def curves_for_runs(runs_by_label: Mapping[str, Sequence[RunRecord]]) -> dict[str, list[dict[str, Curve]]]:
-    """Read the curves of every run, keyed by row label; runs without events are left out."""
+    """Read the curves of every run, keyed by row label; runs without epoch metrics are left out."""
     result: dict[str, list[dict[str, Curve]]] = {}
     for label, runs in runs_by_label.items():
         for run in runs:
@@ -180,5 +215,5 @@ def curves_for_runs(runs_by_label: Mapping[str, Sequence[RunRecord]]) -> dict[st
             if curves:
                 result.setdefault(label, []).append(curves)
             else:
-                log.warning("%s: no epoch scalars in tensorboard/, left out of curves.png", run.path)
+                log.warning("%s: no epoch metrics in csv/ (or tensorboard/), left out of curves.png", run.path)
     return result

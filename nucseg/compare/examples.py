@@ -1,9 +1,9 @@
 """Example segmentations: input | ground truth | each model's prediction on fixed test crops.
 
 The figure part works on plain arrays so it can be tested and reused without models. The part
-that makes the crops loads each run's checkpoint and test data through the project's own APIs;
-a run whose model or data cannot be loaded loses its column with a warning instead of stopping
-the comparison.
+that makes the crops loads each run's checkpoint with :func:`nucseg.checkpoint.load_module` and
+its test images with the stain reference stored in that checkpoint; a run whose model or data
+cannot be loaded loses its column with a warning instead of stopping the comparison.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def choose_crop(labels: np.ndarray, size: int) -> tuple[int, int]:
 
 # Hooks for the project APIs; tests replace them with fakes.
 ModuleLoader = Callable[[Path], Any]
-ImageLoader = Callable[[RunRecord], Sequence[Any]]
+ImageLoader = Callable[[RunRecord, Any], Sequence[Any]]
 Predictor = Callable[[Any, np.ndarray], np.ndarray]
 
 
@@ -176,15 +176,17 @@ def crops_from_runs(
     """Predict fixed test crops with one run per column.
 
     Each run's model predicts the whole test image (the context it was evaluated with) and the
-    crop is cut afterwards. Test images are loaded with each run's own data config, once per
-    distinct config, and the crops are the same image names and positions for every column.
+    crop is cut afterwards. Test images are loaded with each run's own data config and stain
+    reference, once per distinct pair, and the crops are the same image names and positions for
+    every column.
 
     Args:
         runs_by_label: column title -> a finished run.
         crop_size: side of the square crops in pixels.
         num_images: how many test images (first by name) give a crop each.
         load_module: run dir -> module; default :func:`nucseg.checkpoint.load_module`.
-        load_test_images: run -> list of ``AnnotatedImage``; default the run's data config.
+        load_test_images: (run, its module) -> list of ``AnnotatedImage``; default the run's data
+            config with the module's fitted stain normaliser (the training split is not read).
         predict: (module, HxWx3 uint8 image) -> HxW mask; default sliding-window inference.
 
     Returns:
@@ -195,14 +197,15 @@ def crops_from_runs(
     predict = predict or _default_predict
 
     crops: list[ExampleCrop] | None = None
-    # Test images per distinct data config; a config that failed once is not loaded again.
+    # Test images per distinct (data config, stain reference); a pair that failed once is not loaded again.
     images_cache: dict[str, dict[str, Any] | Exception] = {}
     for label, run in runs_by_label.items():
         try:
-            cache_key = _data_key(run)
+            module = load_module(run.path)
+            cache_key = _data_key(run, module)
             if cache_key not in images_cache:
                 try:
-                    images_cache[cache_key] = {image.name: image for image in load_test_images(run)}
+                    images_cache[cache_key] = {image.name: image for image in load_test_images(run, module)}
                 except Exception as exc:
                     images_cache[cache_key] = exc
             images = images_cache[cache_key]
@@ -210,7 +213,6 @@ def crops_from_runs(
                 raise images
             if crops is None:
                 crops = _make_crops(images, crop_size, num_images)
-            module = load_module(run.path)
             for crop in crops:
                 if crop.source not in images:
                     raise KeyError(f"test image {crop.source!r} not in this run's test set")
@@ -245,41 +247,41 @@ def _make_crops(images: Mapping[str, Any], size: int, num_images: int) -> list[E
     return crops
 
 
-def _data_key(run: RunRecord) -> str:
-    """A string identifying the run's data config, so runs of one sweep load the data once."""
+def _data_key(run: RunRecord, module: Any) -> str:
+    """Identifies the run's data config and stain reference, so runs of one sweep load the data once."""
     import json
 
-    return json.dumps(_data_config(run), sort_keys=True, default=str)
+    normalizer = getattr(module, "stain_normalizer", None)
+    stain = normalizer.fingerprint() if normalizer is not None and hasattr(normalizer, "fingerprint") else None
+    return json.dumps([_data_config(run, module), stain], sort_keys=True, default=str)
 
 
-def _data_config(run: RunRecord) -> Any:
-    """The run's data config: resolved from metrics.json when present, else from the Hydra config.
+def _data_config(run: RunRecord, module: Any) -> Any:
+    """The run's resolved data config: the checkpoint's, else metrics.json's, else the Hydra config.
 
-    The resolved copy comes first because ``.hydra/config.yaml`` may contain interpolations
-    that only resolve inside the Hydra app.
+    Resolved copies come first because ``.hydra/config.yaml`` may contain interpolations that
+    only resolve inside the Hydra app (the last one keeps its root for ``${paths...}``).
     """
-    resolved = ((run.metrics or {}).get("config") or {}).get("data")
-    if resolved:
-        return resolved
+    for resolved in (getattr(module, "run_config", None), (run.metrics or {}).get("config")):
+        if isinstance(resolved, Mapping) and resolved.get("data"):
+            return resolved["data"]
     if "data" in run.config:
         return run.config["data"]
-    raise ValueError("no data config in metrics.json or .hydra/config.yaml")
+    raise ValueError("no data config in the checkpoint, metrics.json or .hydra/config.yaml")
 
 
-def _default_test_images(run: RunRecord) -> Sequence[Any]:
-    """Instantiate the run's data module and return its stain-normalised test images."""
+def _default_test_images(run: RunRecord, module: Any) -> Sequence[Any]:
+    """The run's test images, normalised with the stain reference stored in its checkpoint."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    resolved = ((run.metrics or {}).get("config") or {}).get("data")
-    if resolved:
-        data_cfg = OmegaConf.create(resolved)
-    else:
-        # The data node keeps its root so that ${paths...}-style interpolations still resolve.
-        data_cfg = OmegaConf.create(run.config).data
+    data = _data_config(run, module)
+    data_cfg = OmegaConf.create(run.config).data if data is run.config.get("data") else OmegaConf.create(data)
     if "_target_" not in data_cfg:
         raise ValueError("the data config has no _target_ to instantiate")
     datamodule = instantiate(data_cfg)
+    if getattr(module, "stain_normalizer", None) is not None:
+        datamodule.stain_normalizer = module.stain_normalizer  # fitted: setup does not read the training split
     datamodule.setup("test")
     return list(datamodule.test_images)
 

@@ -1,6 +1,6 @@
 """Write the comparison folder: comparison.md, comparison.csv, curves.png, examples.png.
 
-Each output is produced independently: a figure that cannot be made (no event files, no
+Each output is produced independently: a figure that cannot be made (no epoch metrics, no
 loadable checkpoint) is skipped with a warning and the table is still written, because the
 table is what a user asked for first.
 """
@@ -64,7 +64,7 @@ def write_comparison(
 
     curves_path = plot_curves(curves_for_runs(finished), out_dir / "curves.png") if finished else None
     if finished and curves_path is None:
-        log.warning("no epoch scalars in any finished run: curves.png not written")
+        log.warning("no epoch metrics (csv/ or tensorboard/) in any finished run: curves.png not written")
 
     examples_path = None
     if examples and finished:

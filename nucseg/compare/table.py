@@ -10,36 +10,26 @@ disappears silently.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+import pandas as pd
 
 from nucseg.compare.collect import RunRecord
 from nucseg.compare.uncertainty import PairedRow, metric_interval, paired_rows, pooled_from_records
 from nucseg.metrics.intervals import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Interval
+from nucseg.schema import PIXEL_TEST_KEYS
+from nucseg.schema import RUN_COST_KEYS as RUN_KEYS
 
-# Keys of metrics.json's "test" block that are pixel metrics; any other numeric key there
+# Pixel metrics (PIXEL_TEST_KEYS) have fixed columns; any other numeric key of the "test" block
 # except loss terms (``loss_<term>``) is an instance metric (AJI, PQ, object F1, ...) and gets its
 # own column when present.
-PIXEL_TEST_KEYS = (
-    "loss",
-    "dice",
-    "iou",
-    "accuracy",
-    "precision",
-    "recall",
-    "dice_per_image",
-    "iou_per_image",
-    "accuracy_per_image",
-    "num_images",
-)
-RUN_KEYS = ("params", "train_time_s", "train_patches_per_s", "epochs")
 # Instance metrics shown in the table, in this order, when a run reports them (in its test block
 # or through per-image counts); the other keys of nucseg.metrics.instance (AJI+, DQ, SQ, object
 # precision/recall/F1/Dice, and every ``<metric>_per_image`` mean) go to the CSV only.
@@ -63,6 +53,7 @@ IGNORED_CONFIG_KEYS = frozenset(
         "ckpt_path",
     }
 )
+_CSV_RUN_COLUMNS = ("label", "model", "status", "error", "n_runs", "seeds", "runs", "interval")
 _KNOWN_TITLES = {"aji": "AJI", "pq": "PQ", "dq": "DQ", "sq": "SQ", "f1": "F1", "object_f1": "Object F1"}
 _LOWER_IS_BETTER_WORDS = ("loss", "error", "hausdorff", "hd95", "distance", "time")
 
@@ -105,16 +96,21 @@ class RunGroup:
         """The known seeds of the runs in this row, sorted."""
         return sorted(run.seed for run in self.runs if run.seed is not None)
 
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """The row's metrics.json files flattened, one line per run, columns ``test.dice``, ``params``, ..."""
+        return pd.json_normalize([run.metrics or {} for run in self.runs])
+
     def values(self, key: str) -> list[float]:
-        """Finite numeric values of ``key`` over the row's runs.
+        """Finite numeric values of ``key`` (a dotted metrics.json path) over the row's runs.
 
         A pooled metric absent from a run's test block (``test.aji`` of a run that only recorded
         per-image counts) is recomputed from ``test.per_image``.
         """
+        column = self.frame[key] if key in self.frame else pd.Series([None] * len(self.runs), dtype=object)
         found = []
-        for run in self.runs:
-            value = _lookup(run.metrics or {}, key)
-            if value is None and key.startswith("test.") and key.removeprefix("test.") not in _test_block(run):
+        for run, value in zip(self.runs, column, strict=True):
+            if key.startswith("test.") and key.removeprefix("test.") not in _test_block(run):
                 value = pooled_from_records(run, key.removeprefix("test."))
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 found.append(float(value))
@@ -185,38 +181,36 @@ class ComparisonTable:
             "is a run without per-image records."
         )
 
-    def to_csv(self) -> str:
-        """Every numeric key as ``<key>_mean``, ``_std``, ``_low``, ``_high``, full precision, one row per group.
+    def summary(self) -> pd.DataFrame:
+        """One line per row: label, status, runs, and every numeric key as ``<key>_mean``, ``_std``, ``_low``, ``_high``.
 
         ``_low``/``_high`` are the interval of the table (empty where it shows none); the
         ``interval`` column names its method per row.
         """
-        keys = _all_numeric_keys(self.groups)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(
-            ["label", "model", "status", "error", "n_runs", "seeds", "runs", "interval"]
-            + [f"{key}_{stat}" for key in keys for stat in ("mean", "std", "low", "high")]
-        )
+        keys, lines = _all_numeric_keys(self.groups), []
         for index, group in enumerate(self.groups):
-            row: list[Any] = [
-                group.label,
-                group.model,
-                group.status,
-                group.error or "",
-                len(group.runs),
-                ";".join(str(seed) for seed in group.seeds),
-                ";".join(str(run.path) for run in group.runs),
-                self._interval_method(index),
-            ]
+            line: dict[str, Any] = {
+                "label": group.label,
+                "model": group.model,
+                "status": group.status,
+                "error": group.error or "",
+                "n_runs": len(group.runs),
+                "seeds": ";".join(str(seed) for seed in group.seeds),
+                "runs": ";".join(str(run.path) for run in group.runs),
+                "interval": self._interval_method(index),
+            }
             for key in keys:
-                mean, std = group.mean(key), group.std(key)
                 interval = self.intervals.get((index, key))
-                bounds = (interval.low, interval.high) if interval is not None and interval.has_bounds else None
-                row += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
-                row += ["", ""] if bounds is None else [repr(bounds[0]), repr(bounds[1])]
-            writer.writerow(row)
-        return buffer.getvalue()
+                bounds = (interval.low, interval.high) if interval is not None and interval.has_bounds else (None, None)
+                line.update(dict(zip((f"{key}_{stat}" for stat in ("mean", "std", "low", "high")),
+                                     (group.mean(key), group.std(key), *bounds), strict=True)))
+            lines.append(line)
+        stats = [f"{key}_{stat}" for key in keys for stat in ("mean", "std", "low", "high")]
+        return pd.DataFrame(lines, columns=[*_CSV_RUN_COLUMNS, *stats])
+
+    def to_csv(self) -> str:
+        """:meth:`summary` as CSV, numbers at full precision."""
+        return self.summary().to_csv(index=False, lineterminator="\n")
 
     def _interval_method(self, index: int) -> str:
         """The row's interval method with its n (``t over seeds (3)``), empty without intervals."""
@@ -400,12 +394,11 @@ def _columns(groups: Iterable[RunGroup]) -> list[Column]:
 
 def _best_rows(groups: Sequence[RunGroup], column: Column) -> set[int]:
     """Indices of the rows holding the column's best mean; none when fewer than two rows compete."""
-    means = {i: group.mean(column.key) for i, group in enumerate(groups) if group.finished}
-    means = {i: value for i, value in means.items() if value is not None}
+    means = pd.Series({i: group.mean(column.key) for i, group in enumerate(groups) if group.finished}, dtype=float).dropna()
     if len(means) < 2:
         return set()
-    best = max(means.values()) if column.higher_is_better else min(means.values())
-    return {i for i, value in means.items() if math.isclose(value, best, rel_tol=0.0, abs_tol=1e-12)}
+    best = means.max() if column.higher_is_better else means.min()
+    return {int(i) for i in means.index[(means - best).abs() <= 1e-12]}
 
 
 def _disambiguate_labels(groups: list[RunGroup]) -> None:
@@ -496,16 +489,6 @@ def _test_block(run: RunRecord) -> dict[str, Any]:
     """The run's ``test`` block of metrics.json, ``{}`` when it has none."""
     test = (run.metrics or {}).get("test")
     return test if isinstance(test, dict) else {}
-
-
-def _lookup(mapping: dict[str, Any], dotted: str) -> Any:
-    """``mapping["a"]["b"]`` for ``"a.b"``, None when any level is missing."""
-    node: Any = mapping
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _runs_text(group: RunGroup) -> str:

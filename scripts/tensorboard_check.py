@@ -4,7 +4,7 @@ Reading event files directly cannot tell whether TensorBoard's plugins understan
 HParams tab, for one, needs the experiment summary written in a particular way), so this starts
 ``tensorboard`` on loopback, asks it what a user would see and always stops it again.
 
-Usage: ``python -m nucseg.compare.tensorboard_check [LOGDIR] [--expect-runs 3]``; LOGDIR defaults
+Usage: ``python scripts/tensorboard_check.py [LOGDIR] [--expect-runs 3]`` (``make tensorboard-check``); LOGDIR defaults
 to the newest sweep under ``logs/multiruns/`` and the expected number of runs to the number of
 finished runs (metrics.json) under LOGDIR.
 """
@@ -263,7 +263,7 @@ def wait_for_report(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: exit 0 when every expectation holds, 1 otherwise."""
     parser = argparse.ArgumentParser(
-        prog="python -m nucseg.compare.tensorboard_check",
+        prog="python scripts/tensorboard_check.py",
         description="Start tensorboard on LOGDIR (loopback), read its HTTP API, stop it, report.",
     )
     add = parser.add_argument
