@@ -85,6 +85,7 @@ class RunMetrics(TypedDict, total=False):
     epochs: int
     steps: int
     precision: dict[str, Any]
+    channels_last: dict[str, Any]
     progress: dict[str, Any] | None
     best_ckpt: str | None
     stain: dict[str, Any]
@@ -99,7 +100,7 @@ class RunMetrics(TypedDict, total=False):
 TRAINING_KEYS: tuple[str, ...] = (
     "model", "run_name", "status", "seed", "protocol", "validation", "postprocess", "test", "test_summary",
     "params", "train_time_s", "train_patches_per_s", "train_patches", "epochs", "steps", "precision",
-    "progress", "best_ckpt", "stain", "data_preparation_s", "data_check", "config",
+    "channels_last", "progress", "best_ckpt", "stain", "data_preparation_s", "data_check", "config",
 )  # fmt: skip
 #: Keys of an evaluation's metrics.json, in the order they are written.
 EVALUATION_KEYS: tuple[str, ...] = (
