@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nucseg.data.stain.estimate import StainEstimate, StainNormalizationError, check_rgb_uint8
+from nucseg.data.stain.estimate import StainEstimate, StainNormalizationError, check_rgb_uint8, pixel_tensor
 
 #: Pixels mapped per step (about 100 MB of float32 temporaries), to bound memory on large images.
 APPLY_CHUNK_PIXELS = 1 << 20
@@ -55,8 +55,8 @@ def apply_stain_transform(
         return image.copy()
     source_matrix = torch.from_numpy(source.stain_matrix.copy())
     reference_matrix = torch.from_numpy(reference.stain_matrix.copy())
-    scale = (torch.from_numpy(reference.max_concentrations.copy()) / torch.from_numpy(source.max_concentrations.copy()))
-    flat = torch.from_numpy(np.ascontiguousarray(image)).reshape(-1, 3)
+    scale = torch.from_numpy(reference.max_concentrations.copy()) / torch.from_numpy(source.max_concentrations.copy())
+    flat = pixel_tensor(image).reshape(-1, 3)
     output = torch.empty_like(flat)
     with torch.no_grad():
         for start in range(0, flat.shape[0], chunk_pixels):

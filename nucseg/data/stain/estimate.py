@@ -32,6 +32,16 @@ def check_rgb_uint8(image: np.ndarray, name: str) -> None:
         raise StainNormalizationError(f"{name}: expected an (H, W, 3) uint8 RGB image, got {shape} {dtype}")
 
 
+def pixel_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 numpy -> the same pixels as a contiguous uint8 tensor (shared when possible).
+
+    A read-only array (``np.asarray`` of a PIL image, a memory map) is copied: torch cannot
+    share it without warning.
+    """
+    pixels = np.ascontiguousarray(image)
+    return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
+
+
 @dataclass(frozen=True, eq=False)
 class StainEstimate:
     """The stains of one image: of the fitted reference, or of a source image to be mapped onto it.
@@ -112,7 +122,7 @@ def estimate_stains(image: np.ndarray, Io: int, alpha: float, beta: float) -> St
     import torchstain
 
     estimator = torchstain.normalizers.MacenkoNormalizer(backend="torch")
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    chw = pixel_tensor(image).permute(2, 0, 1)
     with torch.no_grad():
         estimator.fit(chw, Io=Io, alpha=alpha, beta=beta)
     return StainEstimate(estimator.HERef.detach().cpu().numpy(), estimator.maxCRef.detach().cpu().numpy())
