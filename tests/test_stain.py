@@ -1,4 +1,4 @@
-"""Macenko stain normalisation, its low-tissue fallback and the on-disk cache."""
+"""Macenko stain normalisation (estimate, apply), its low-tissue fallback and the on-disk cache."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 from nucseg.data.stain import (
     IdentityStainNormalizer,
     MacenkoStainNormalizer,
-    SourceStainEstimate,
+    StainEstimate,
     StainNormalizationCache,
     StainNormalizationError,
+    apply_stain_transform,
     build_stain_normalizer,
     normalize_images,
     stain_normalizer_from_state_dict,
 )
+from nucseg.data.stain import cache as stain_cache
+from nucseg.data.stain import normalizer as stain_normalizer
 from nucseg.data.types import AnnotatedImage
 
 HAEMATOXYLIN = (0.65, 0.70, 0.29)
@@ -80,14 +84,30 @@ def test_normalisation_maps_shifted_stains_towards_reference(fitted):
     assert fitted.fallback_count == 0
 
 
+def test_normalize_is_torchstains_normalize(fitted):
+    import torchstain
+
+    library = torchstain.normalizers.MacenkoNormalizer(backend="torch")
+    library.HERef = torch.tensor(fitted.state_dict()["HERef"])
+    library.maxCRef = torch.tensor(fitted.state_dict()["maxCRef"])
+    for seed in (1, 2):
+        image = shifted_he(seed=seed)
+        expected, _, _ = library.normalize(torch.from_numpy(image).permute(2, 0, 1), stains=False)
+        assert np.array_equal(fitted.normalize(image), expected.numpy().astype(np.uint8))
+
+
 def test_state_dict_round_trip_gives_identical_output(fitted):
     state = json.loads(json.dumps(fitted.state_dict()))  # as a checkpoint would store it
     assert np.asarray(state["HERef"]).shape == (3, 2) and len(state["maxCRef"]) == 2
-    restored = MacenkoStainNormalizer.from_state_dict(state)
+    restored = stain_normalizer_from_state_dict(state)
+    assert isinstance(restored, MacenkoStainNormalizer)
     assert restored.is_fitted and restored.fingerprint() == fitted.fingerprint()
     assert np.array_equal(restored.normalize(shifted_he()), fitted.normalize(shifted_he()))
-    generic = stain_normalizer_from_state_dict(state)
-    assert isinstance(generic, MacenkoStainNormalizer) and generic.fingerprint() == fitted.fingerprint()
+    # a state without the later parameters (older checkpoints) loads with their defaults
+    old = {key: state[key] for key in ("method", "Io", "alpha", "beta", "HERef", "maxCRef")}
+    assert stain_normalizer_from_state_dict(old).fingerprint() == fitted.fingerprint()
+    with pytest.raises(StainNormalizationError, match="stain state"):
+        stain_normalizer_from_state_dict({**state, "HERef": [[1.0, 0.0]]})
 
 
 def test_fingerprint_depends_on_parameters_and_reference(fitted):
@@ -109,7 +129,7 @@ def test_torchstain_index_error_falls_back(fitted, monkeypatch):
     def fail(*args, **kwargs):
         raise IndexError("kthvalue(): Expected reduction dim 0 to have non-zero size.")
 
-    monkeypatch.setattr(fitted._torchstain, "normalize", fail)
+    monkeypatch.setattr(stain_normalizer, "estimate_stains", fail)
     image = shifted_he()
     assert np.array_equal(fitted.normalize(image, name="empty"), image)
     assert fitted.fallback_count == 1 and "IndexError" in fitted.last_fallback_reason
@@ -117,7 +137,7 @@ def test_torchstain_index_error_falls_back(fitted, monkeypatch):
 
 def test_nearly_empty_images_never_raise(fitted):
     # With the tissue guard lowered, torchstain itself sees two to five tissue pixels.
-    permissive = MacenkoStainNormalizer.from_state_dict(
+    permissive = stain_normalizer_from_state_dict(
         {**fitted.state_dict(), "min_tissue_pixels": 2, "min_tissue_fraction": 0.0}
     )
     rng = np.random.default_rng(0)
@@ -130,7 +150,7 @@ def test_nearly_empty_images_never_raise(fitted):
 
 def test_block_path_for_large_images_matches_one_go(fitted):
     image = shifted_he()
-    blocked = MacenkoStainNormalizer.from_state_dict({**fitted.state_dict(), "max_pixels": 1024})
+    blocked = stain_normalizer_from_state_dict({**fitted.state_dict(), "max_pixels": 1024})
     difference = np.abs(blocked.normalize(image).astype(int) - fitted.normalize(image))
     assert difference.mean() < 2.0
 
@@ -139,16 +159,16 @@ def test_block_path_for_large_images_matches_one_go(fitted):
 def test_estimate_then_apply_equals_normalize(fitted, seed):
     image = shifted_he(seed=seed)
     estimate = fitted.estimate_source(image, name="whole")
-    assert isinstance(estimate, SourceStainEstimate)
+    assert isinstance(estimate, StainEstimate)
     assert estimate.stain_matrix.shape == (3, 2) and estimate.max_concentrations.shape == (2,)
     applied = fitted.apply(image, estimate)
     assert applied.shape == image.shape and applied.dtype == np.uint8
-    assert np.abs(applied.astype(int) - fitted.normalize(image)).max() <= 1
+    assert np.array_equal(applied, fitted.normalize(image))  # one application for every path
     assert fitted.fallback_count == 0
 
 
 def test_large_image_normalize_is_estimate_then_apply(fitted):
-    blocked = MacenkoStainNormalizer.from_state_dict({**fitted.state_dict(), "max_pixels": 1024})
+    blocked = stain_normalizer_from_state_dict({**fitted.state_dict(), "max_pixels": 1024})
     image = shifted_he()
     assert np.array_equal(blocked.normalize(image), blocked.apply(image, blocked.estimate_source(image)))
 
@@ -164,6 +184,10 @@ def test_one_estimate_applied_to_parts_has_no_seams(fitted):
     assert np.array_equal(rows, whole) and np.array_equal(columns, whole)
     # a non-contiguous view gives the same pixels as the copy it views
     assert np.array_equal(fitted.apply(image[:, 10:40], estimate), whole[:, 10:40])
+    # and the chunk size of the transform does not matter
+    reference = fitted.reference
+    assert reference is not None
+    assert np.array_equal(apply_stain_transform(image, estimate, reference, fitted.Io, chunk_pixels=1000), whole)
 
 
 def test_background_estimate_falls_back_once_and_apply_keeps_pixels(fitted, caplog):
@@ -179,14 +203,14 @@ def test_background_estimate_falls_back_once_and_apply_keeps_pixels(fitted, capl
 
 def test_degenerate_estimates_are_refused(fitted, monkeypatch):
     with pytest.raises(StainNormalizationError, match="3x2"):
-        SourceStainEstimate(np.ones((2, 2)), np.ones(2))
+        StainEstimate(np.ones((2, 2)), np.ones(2))
     with pytest.raises(StainNormalizationError, match="degenerate"):
-        SourceStainEstimate(np.ones((3, 2)), np.array([1.0, 0.0]))
+        StainEstimate(np.ones((3, 2)), np.array([1.0, 0.0]))
 
-    def fail(image):
+    def fail(*args, **kwargs):
         raise RuntimeError("linalg.eigh: The algorithm failed to converge")
 
-    monkeypatch.setattr(fitted, "_estimate", fail)
+    monkeypatch.setattr(stain_normalizer, "estimate_stains", fail)
     assert fitted.estimate_source(shifted_he(), name="odd") is None
     assert fitted.fallback_count == 1 and "RuntimeError" in fitted.last_fallback_reason
 
@@ -242,21 +266,17 @@ def test_cache_misses_for_other_fingerprint(fitted, tmp_path):
 
 
 def test_cache_misses_for_other_torch_or_torchstain_versions(fitted, tmp_path, monkeypatch):
-    import torch
-
-    from nucseg.data import stain
-
-    assert f"torch={torch.__version__}|torchstain=" in stain.library_versions()
+    assert f"torch={torch.__version__}|torchstain=" in stain_cache.library_versions()
     cache = StainNormalizationCache(tmp_path)
     image = shifted_he()
     cache.normalize(image, fitted)
-    current = stain.library_versions()
+    current = stain_cache.library_versions()
     for other in (current.replace("torch=", "torch=0.0+"), current.replace("torchstain=", "torchstain=0.0+")):
-        monkeypatch.setattr(stain, "library_versions", lambda other=other: other)
+        monkeypatch.setattr(stain_cache, "library_versions", lambda other=other: other)
         cache.normalize(image, fitted)
     assert (cache.hits, cache.misses) == (0, 3)
     assert len(list(tmp_path.glob("*.npy"))) == 3
-    monkeypatch.setattr(stain, "library_versions", lambda: current)
+    monkeypatch.setattr(stain_cache, "library_versions", lambda: current)
     cache.normalize(image, fitted)
     assert cache.hits == 1
 
@@ -280,7 +300,7 @@ def test_cached_fallback_is_still_counted(fitted, tmp_path):
     (marker,) = tmp_path.iterdir()
     assert marker.name.endswith(".fallback.json")
 
-    later_run = MacenkoStainNormalizer.from_state_dict(fitted.state_dict())
+    later_run = stain_normalizer_from_state_dict(fitted.state_dict())
     cache = StainNormalizationCache(tmp_path)
     assert np.array_equal(cache.normalize(image, later_run, name="blank"), image)
     assert cache.hits == 1 and later_run.fallback_count == 1 and later_run.fallback_names == ["blank"]

@@ -17,7 +17,7 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
-from nucseg.data.stain import MacenkoStainNormalizer
+from nucseg.data.stain import MacenkoStainNormalizer, stain_normalizer_from_state_dict
 from nucseg.inference import sliding_window_predict
 from nucseg.inference.outputs import (
     OutputPaths,
@@ -247,7 +247,7 @@ def stream_recorded(
 
 def test_one_stain_transform_makes_streaming_block_layout_independent(stain_reference: dict) -> None:
     image = he_image(300, 330, seed=4)
-    normalizer = MacenkoStainNormalizer.from_state_dict(stain_reference)
+    normalizer = stain_normalizer_from_state_dict(stain_reference)
     estimate = normalizer.estimate_source(read_overview(ArrayRegionReader(image), 4000), name="slide")
     expected_pixels = normalizer.apply(image, estimate)
     results = []
@@ -276,7 +276,7 @@ def test_one_stain_transform_makes_streaming_block_layout_independent(stain_refe
 def test_background_overview_falls_back_once_for_the_whole_image(stain_reference: dict) -> None:
     image = np.full((200, 260, 3), 245, dtype=np.uint8)
     image[50:60, 50:60] = (120, 60, 150)  # a speck of tissue: far below the tissue threshold
-    normalizer = MacenkoStainNormalizer.from_state_dict(stain_reference)
+    normalizer = stain_normalizer_from_state_dict(stain_reference)
     normalize = fixed_stain_transform(ArrayRegionReader(image, name="blank.tif"), normalizer, max_pixels=5000)
     bands = stream_logits(
         ArrayRegionReader(image), DarknessNet(), normalize, tile_size=64, overlap=16, block_tiles=(1, 1)
@@ -293,7 +293,7 @@ def test_predict_file_estimates_stains_once_per_streamed_image(stain_reference: 
     image = he_image(260, 300, seed=5)
     tiff = tmp_path / "slide.tif"
     tifffile.imwrite(tiff, image, tile=(64, 64), compression="zlib", photometric="rgb")
-    normalizer = MacenkoStainNormalizer.from_state_dict(stain_reference)
+    normalizer = stain_normalizer_from_state_dict(stain_reference)
     estimated: list[tuple[int, ...]] = []
     applied: list[tuple[int, ...]] = []
     estimate_source, apply = normalizer.estimate_source, normalizer.apply

@@ -34,7 +34,7 @@ differently (seams, and predictions that depend on the block layout). Instead
 ``fixed_stain_transform`` estimates the source stains once per image, from a thumbnail of at
 most ``DEFAULT_OVERVIEW_PIXELS`` (2048 x 2048, about 4.2 million) pixels: every k-th pixel in
 both axes, read region by region through the reader, so memory stays bounded (``read_overview``).
-That one estimate is then applied to every block (``MacenkoStainNormalizer.apply``, pixelwise,
+That one estimate is applied to every block (``apply_stain_transform``, as training images: pixelwise,
 so blocks join without seams). A thumbnail with too little tissue makes the whole image fall
 back to its raw pixels, logged and counted once for the image, not per block.
 
@@ -323,7 +323,8 @@ def fixed_stain_transform(
         max_pixels: Thumbnail size limit, see ``read_overview``.
 
     Returns:
-        region -> ``normalizer.apply(region, estimate)``, for ``stream_logits(normalize=...)``.
+        region -> ``normalizer.apply(region, estimate)`` (for Macenko the transform training
+        images get), for ``stream_logits(normalize=...)``.
         After a fallback (too little tissue in the thumbnail, recorded once by
         ``estimate_source``) it returns regions unchanged.
 
