@@ -41,14 +41,19 @@ def evaluation_name(split: str, overrides: list[str]) -> str:
 def data_overrides(data: Any) -> list[str]:
     """``evaluate.py RUN data.root=/path`` (any key under ``data``) as dot-list overrides of the run config.
 
-    Keys left null keep the stored value, so ``conf/eval.yaml``'s ``data.root: null`` changes nothing.
+    Nested keys stay dotted (``data.augmentation.hflip_p=0``). ``root: null``, conf/eval.yaml's
+    default, keeps the stored root; a null given for any other key is passed on.
     """
     settings = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data or {})
-    return [
-        f"data.{key}={value if isinstance(value, str) else json.dumps(value)}"
-        for key, value in settings.items()
-        if value is not None
-    ]
+    if settings.get("root") is None:
+        settings.pop("root", None)
+
+    def leaves(prefix: str, value: Any) -> list[str]:
+        if isinstance(value, dict) and value:
+            return [line for key, item in value.items() for line in leaves(f"{prefix}.{key}", item)]
+        return [f"{prefix}={value if isinstance(value, str) else json.dumps(value)}"]
+
+    return [line for key, value in settings.items() for line in leaves(f"data.{key}", value)]
 
 
 def _use_split(datamodule: Any, split: str) -> None:

@@ -167,8 +167,10 @@ def test_evaluate_py_takes_data_settings_as_train_py_does(tmp_path):
         cfg = compose("eval", overrides=[f"run_dir={tmp_path}", "++data.root=/moved/monuseg", "++data.num_workers=2"])
         assert compose("eval").data.root is None
     assert data_overrides(cfg.data) == ["data.root=/moved/monuseg", "data.num_workers=2"]
-    assert data_overrides(OmegaConf.create({"root": None})) == [], "null keeps the stored value"
-    assert data_overrides({"splits": {"train": ["a"]}, "mpp": 0.5}) == ['data.splits={"train": ["a"]}', "data.mpp=0.5"]
+    assert data_overrides(OmegaConf.create({"root": None})) == [], "root: null keeps the stored root"
+    assert data_overrides({"splits": {"train": ["a"]}, "mpp": 0.5, "stain_reference": None}) == [
+        'data.splits.train=["a"]', "data.mpp=0.5", "data.stain_reference=null",
+    ]
 
 
 @pytest.mark.slow
