@@ -26,7 +26,7 @@ demo: $(STAMP) ## Train U-Net, ResUNet and LinkNet-34 on synthetic H&E (a 60 s t
 test: $(STAMP) ## Run the whole test suite (slow tests included)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) ## Run the tests not marked slow
+test-fast: $(STAMP) ## Run the tests not marked slow (the inner loop; CI runs make lint, then make test)
 	$(PY) -m pytest -q -m "not slow"
 
 train: $(STAMP) ## Train with the defaults (ARGS="model=resunet ..." to override)
@@ -52,7 +52,7 @@ bench: $(STAMP) ## Benchmarks: inference (ours vs MONAI vs raw forward, streamin
 	$(PY) benchmarks/instance_metrics.py
 	$(PY) benchmarks/datapath.py --steps 4
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## Lint with the pinned ruff (CI runs it before the tests)
 	$(PY) -m ruff check .
 
 clean: ## Remove caches (keeps .venv and logs)

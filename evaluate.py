@@ -3,7 +3,8 @@
     python evaluate.py logs/runs/2026-11-25_12-00-00_unet          # or run_dir=...
     python evaluate.py logs/runs/<run> split=val                   # the run's validation images
     python evaluate.py ckpt_path=path/to/best.ckpt 'overrides=["module.inference.tta=d4"]'
-    python evaluate.py logs/runs/<run> 'overrides=["data.root=/other/data"]' tune_postprocess=true
+    python evaluate.py logs/runs/<run> data.root=/other/data tune_postprocess=true   # the data moved
+    python evaluate.py logs/runs/<run> data.annotation_rule=centre # any data setting, as in train.py
 
 Exit status: 0 done, 2 a problem with the input (one line, no traceback), 1 a bug.
 """
@@ -38,6 +39,12 @@ def positional_run_dir(argv: list[str]) -> list[str]:
     return [f"run_dir={arg}" if "=" not in arg and not arg.startswith("-") and Path(arg).exists() else arg for arg in argv]
 
 
+def data_settings_as_in_train(argv: list[str]) -> list[str]:
+    """``data.KEY=VALUE`` → ``++data.KEY=VALUE``: conf/eval.yaml lists only ``data.root``, yet any
+    data setting of the run is changed as in ``train.py`` (no ``+`` to remember)."""
+    return [f"++{arg}" if arg.startswith("data.") and "=" in arg else arg for arg in argv]
+
+
 if __name__ == "__main__":
-    sys.argv[1:] = positional_run_dir(sys.argv[1:])
+    sys.argv[1:] = data_settings_as_in_train(positional_run_dir(sys.argv[1:]))
     exit_with_status(main)

@@ -6,6 +6,7 @@ fitted stain reference comes from the checkpoint, so the test images are normali
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -38,6 +39,24 @@ def evaluation_name(split: str, overrides: list[str]) -> str:
     return name[:120]
 
 
+def data_overrides(data: Any) -> list[str]:
+    """``evaluate.py RUN data.root=/path`` (any key under ``data``) as dot-list overrides of the run config.
+
+    Nested keys stay dotted (``data.augmentation.hflip_p=0``). ``root: null``, conf/eval.yaml's
+    default, keeps the stored root; a null given for any other key is passed on.
+    """
+    settings = OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else dict(data or {})
+    if settings.get("root") is None:
+        settings.pop("root", None)
+
+    def leaves(prefix: str, value: Any) -> list[str]:
+        if isinstance(value, dict) and value:
+            return [line for key, item in value.items() for line in leaves(f"{prefix}.{key}", item)]
+        return [f"{prefix}={value if isinstance(value, str) else json.dumps(value)}"]
+
+    return [line for key, value in settings.items() for line in leaves(f"data.{key}", value)]
+
+
 def _use_split(datamodule: Any, split: str) -> None:
     """Make the data module's test loader serve ``split`` (``test`` or ``val``)."""
     if split == "test":
@@ -62,7 +81,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("evaluate.py needs run_dir=<run directory> or ckpt_path=<checkpoint file>")
     checkpoint_path = find_checkpoint(target)
     run_dir = _default_output_dir(checkpoint_path)
-    overrides = list(cfg.get("overrides") or [])
+    overrides = data_overrides(cfg.get("data")) + list(cfg.get("overrides") or [])
     split = str(cfg.get("split") or "test")
     module = load_module(checkpoint_path, config_overrides=overrides)
     run_config = OmegaConf.create(module.run_config)  # the stored config with the overrides merged

@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny configs composed with Hydra's compose API, nothing read from ../shared."""
+"""Shared fixtures: tiny configs composed with Hydra's compose API, nothing read from ../shared.
+
+Shared builders (images, folders, a tiny run) are in ``helpers.py``; tests import them from there.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONFIG_DIR, TINY_OVERRIDES
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "conf"
-
-# Tiny but complete: 4 synthetic training images of 64 px, one held out, one test image.
-TINY_OVERRIDES = [
-    "data.source.num_train_images=4",
-    "data.source.num_test_images=2",
-    "data.source.image_size=96",
-    "data.num_val_images=1",
-    "data.patch_size=64",
-    "data.patches_per_image=2",
-    "data.batch_size=2",
-    "module.inference.tile_size=64",
-    "module.inference.overlap=16",
-    "module.inference.batch_size=4",
-    "module.num_logged_images=1",
-    "++widths.unet=4",
-    "++widths.resunet=4",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import aperio_xml
 
 from nucseg.data.annotations import (
     ANNOTATION_RULES,
@@ -43,24 +44,10 @@ REGIONS = [
 ]
 
 
-def _aperio_xml(regions: list[list[tuple[float, float]]]) -> str:
-    """Build an XML string shaped like a MoNuSeg annotation file."""
-    body = []
-    for number, vertices in enumerate(regions, start=1):
-        points = "".join(f'<Vertex X="{x}" Y="{y}" Z="0"/>' for x, y in vertices)
-        body.append(f'<Region Id="{number}" Type="0"><Attributes/><Vertices>{points}</Vertices></Region>')
-    return (
-        '<Annotations MicronsPerPixel="0.252700"><Annotation Id="1"><Attributes/><Regions>'
-        '<RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region"/></RegionAttributeHeaders>'
-        + "".join(body)
-        + "</Regions><Plots/></Annotation></Annotations>"
-    )
-
-
 @pytest.fixture
 def xml_file(tmp_path):
     path = tmp_path / "case.xml"
-    path.write_text(_aperio_xml(REGIONS))
+    path.write_text(aperio_xml(REGIONS))
     return path
 
 
@@ -229,7 +216,7 @@ def test_organisers_clips_polygons_leaving_the_image():
 def test_organisers_short_and_tiny_regions_leave_id_gaps(tmp_path):
     path = tmp_path / "gaps.xml"
     regions = [[(1, 1), (3, 1)], [(1, 1), (4, 1), (4, 3), (1, 3)], [(6.1, 6.1), (6.3, 6.1), (6.2, 6.3)]]
-    path.write_text(_aperio_xml(regions))
+    path.write_text(aperio_xml(regions))
     labels = xml_to_instance_labels(path, (8, 8))
     assert np.unique(labels).tolist() == [0, 2]  # region 1 (two vertices) and 3 (no centre) leave gaps
     assert (labels == 2).sum() == 6

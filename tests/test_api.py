@@ -7,33 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIG_DIR, TINY_OVERRIDES
-from hydra import compose, initialize_config_dir
+from helpers import DarknessNet, train_tiny_run
 from PIL import Image
-from test_streaming import DarknessNet  # tests/ is on sys.path (pytest rootdir-relative import)
 
 import nucseg
 from nucseg.api import NucleusModel, Prediction, run_resolution_mpp
 from nucseg.checkpoint import CheckpointError
 from nucseg.data.synthetic import make_synthetic_image
 from nucseg.inference import sliding_window_predict
-from nucseg.pipeline import train
-
-
-def train_tiny_run(root: Path, extra: list[str] | None = None) -> Path:
-    """One short epoch of a 4-wide U-Net on synthetic tiles; returns the run directory."""
-    overrides = [
-        f"paths.root_dir={root}",
-        f"paths.output_dir={root / 'run'}",
-        f"paths.cache_dir={root / 'cache'}",
-        *TINY_OVERRIDES,
-        "++trainer.limit_train_batches=2",
-        *(extra or []),
-    ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    train(cfg)
-    return root / "run"
 
 
 @pytest.fixture(scope="module")

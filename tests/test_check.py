@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT, TWO_NUCLEI_XML, aperio_xml, make_monuseg_root, random_rgb, rectangle
 from PIL import Image
 
 from nucseg.data.check import (
@@ -26,67 +26,33 @@ from nucseg.data.check import (
 from nucseg.data.sources import MonusegSource
 from nucseg.utils.image_io import ALPHA_DROPPED, GREYSCALE_REPLICATED, SCALED_16_TO_8_BIT
 
-SIZE = 32
-
-
-def _region(x0: float, y0: float, x1: float, y1: float, region_id: int = 1) -> str:
-    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-    vertices = "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in corners)
-    return f'<Region Id="{region_id}"><Vertices>{vertices}</Vertices></Region>'
-
-
-def _xml(*regions: str) -> str:
-    return f"<Annotations><Annotation><Regions>{''.join(regions)}</Regions></Annotation></Annotations>"
-
-
-GOOD_XML = _xml(_region(4, 4, 12, 12), _region(18, 18, 26, 26, 2))
-
-
-def _rgb(seed: int, height: int = SIZE, width: int = SIZE) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def _good(split_dir: Path, name: str, seed: int) -> None:
-    tifffile.imwrite(split_dir / "images" / f"{name}.tif", _rgb(seed), photometric="rgb")
-    (split_dir / "annotations" / f"{name}.xml").write_text(GOOD_XML)
-
-
-def make_clean_root(base: Path, num_train: int = 4, with_test: bool = True) -> Path:
-    """A usable MoNuSeg-layout root of tiny images, each with a two-nucleus XML."""
-    for split in ("train", "test") if with_test else ("train",):
-        for folder in ("images", "annotations", "labels"):
-            (base / split / folder).mkdir(parents=True, exist_ok=True)
-    for index in range(num_train):
-        _good(base / "train", f"good{index}", index)
-    if with_test:
-        _good(base / "test", "testgood", 99)
-    return base
+SIZE = 32  # the side of make_monuseg_root's images
 
 
 def make_damaged_root(base: Path) -> tuple[Path, dict[str, str], dict[str, str]]:
     """A root with one fault per file; returns it, {file name: expected words} for the problems
     and {file name: change kind} for the changes that must be listed."""
-    root = make_clean_root(base, num_train=3, with_test=False)
+    root = make_monuseg_root(base, num_train=3, with_test=False)
     train = root / "train"
     images, annotations, labels = train / "images", train / "annotations", train / "labels"
     problems: dict[str, str] = {}
 
     def image(name: str, pixels: np.ndarray | None = None, **kwargs: object) -> Path:
         path = images / f"{name}.tif"
-        tifffile.imwrite(path, _rgb(1) if pixels is None else pixels, **kwargs)
+        tifffile.imwrite(path, random_rgb(1) if pixels is None else pixels, **kwargs)
         return path
 
     full = image("truncated", photometric="rgb")
     full.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    (annotations / "truncated.xml").write_text(GOOD_XML)
+    (annotations / "truncated.xml").write_text(TWO_NUCLEI_XML)
     problems["truncated.tif"] = "truncated"
 
     (images / "empty.tif").write_bytes(b"")
-    (annotations / "empty.xml").write_text(GOOD_XML)
+    (annotations / "empty.xml").write_text(TWO_NUCLEI_XML)
     problems["empty.tif"] = "empty file"
 
     (images / "notimage.tif").write_text("this is a text file, not a TIFF\n")
-    (annotations / "notimage.xml").write_text(GOOD_XML)
+    (annotations / "notimage.xml").write_text(TWO_NUCLEI_XML)
     problems["notimage.tif"] = "not a readable TIFF"
 
     image("malformed", photometric="rgb")
@@ -103,16 +69,16 @@ def make_damaged_root(base: Path) -> tuple[Path, dict[str, str], dict[str, str]]
 
     image("degenerate", photometric="rgb")
     two_vertices = '<Region Id="1"><Vertices><Vertex X="3" Y="3"/><Vertex X="9" Y="9"/></Vertices></Region>'
-    collinear = _xml(two_vertices, _region(5, 5, 5, 20, 2))  # a zero-width "rectangle"
+    collinear = aperio_xml([two_vertices, rectangle(5, 5, 5, 20)])  # a zero-width "rectangle"
     (annotations / "degenerate.xml").write_text(collinear)
     problems["degenerate.xml"] = "background only"
 
     image("badvertex", photometric="rgb")
-    (annotations / "badvertex.xml").write_text(GOOD_XML.replace('X="4"', 'X="four"', 1))
+    (annotations / "badvertex.xml").write_text(TWO_NUCLEI_XML.replace('X="4"', 'X="four"', 1))
     problems["badvertex.xml"] = "numeric"
 
-    image("resized", _rgb(2, height=20, width=28), photometric="rgb")  # annotation drawn at 32 x 32, then 100 px
-    (annotations / "resized.xml").write_text(_xml(_region(4, 4, 12, 12), _region(60, 60, 100, 100, 2)))
+    image("resized", random_rgb(2, height=20, width=28), photometric="rgb")  # annotation drawn at 32 x 32, then 100 px
+    (annotations / "resized.xml").write_text(aperio_xml([rectangle(4, 4, 12, 12), rectangle(60, 60, 100, 100)]))
     problems["resized.xml"] = "resized.tif"  # both files in one line
 
     image("wrongshape", photometric="rgb")
@@ -135,48 +101,48 @@ def make_damaged_root(base: Path) -> tuple[Path, dict[str, str], dict[str, str]]
     problems["unannotated.tif"] = "no annotation"
 
     os.symlink("loop.tif", images / "loop.tif")
-    (annotations / "loop.xml").write_text(GOOD_XML)
+    (annotations / "loop.xml").write_text(TWO_NUCLEI_XML)
     problems["loop.tif"] = "symlink loop"
 
-    Image.fromarray(_rgb(3)).save(images / "good0.png")  # same name as good0.tif
+    Image.fromarray(random_rgb(3)).save(images / "good0.png")  # same name as good0.tif
     problems["good0.png"] = "two images named"
 
-    Image.fromarray(_rgb(4)).convert("P").save(images / "palette.png")
-    (annotations / "palette.xml").write_text(GOOD_XML)
+    Image.fromarray(random_rgb(4)).convert("P").save(images / "palette.png")
+    (annotations / "palette.xml").write_text(TWO_NUCLEI_XML)
     problems["palette.png"] = "mode 'P'"
 
     tifffile.imwrite(images / "twochannel.tif", np.zeros((SIZE, SIZE, 2), dtype=np.uint8), planarconfig="contig")
-    (annotations / "twochannel.xml").write_text(GOOD_XML)
+    (annotations / "twochannel.xml").write_text(TWO_NUCLEI_XML)
     problems["twochannel.tif"] = "2 channels"
 
     problems[f"{root / 'test'}:"] = "split folder not found"
 
     # Changes: listed, not refused.
     changes = {}
-    image("rgba", np.dstack([_rgb(5), np.full((SIZE, SIZE), 255, np.uint8)]), photometric="rgb", extrasamples=[2])
-    (annotations / "rgba.xml").write_text(GOOD_XML)
+    image("rgba", np.dstack([random_rgb(5), np.full((SIZE, SIZE), 255, np.uint8)]), photometric="rgb", extrasamples=[2])
+    (annotations / "rgba.xml").write_text(TWO_NUCLEI_XML)
     changes["rgba.tif"] = ALPHA_DROPPED
-    image("grey", _rgb(6)[..., 0], photometric="minisblack")
-    (annotations / "grey.xml").write_text(GOOD_XML)
+    image("grey", random_rgb(6)[..., 0], photometric="minisblack")
+    (annotations / "grey.xml").write_text(TWO_NUCLEI_XML)
     changes["grey.tif"] = GREYSCALE_REPLICATED
-    image("deep", _rgb(7).astype(np.uint16) * 257, photometric="rgb")
-    (annotations / "deep.xml").write_text(GOOD_XML)
+    image("deep", random_rgb(7).astype(np.uint16) * 257, photometric="rgb")
+    (annotations / "deep.xml").write_text(TWO_NUCLEI_XML)
     changes["deep.tif"] = SCALED_16_TO_8_BIT
-    (annotations / "orphan.xml").write_text(GOOD_XML)
+    (annotations / "orphan.xml").write_text(TWO_NUCLEI_XML)
     changes["orphan.xml"] = ORPHAN_ANNOTATIONS_IGNORED
     tifffile.imwrite(labels / "good1.tif", np.ones((SIZE, SIZE), dtype=np.uint16))
     changes["good1.xml"] = XML_PREFERRED_OVER_LABEL_MAP
     image("stray", photometric="rgb")
-    (annotations / "stray.xml").write_text(_xml(_region(4, 4, 12, 12), two_vertices.replace('Id="1"', 'Id="2"')))
+    (annotations / "stray.xml").write_text(aperio_xml([rectangle(4, 4, 12, 12), two_vertices.replace('Id="1"', 'Id="2"')]))
     changes["stray.xml"] = DEGENERATE_REGIONS_SKIPPED
     image("border", photometric="rgb")
-    (annotations / "border.xml").write_text(_xml(_region(-2, 4, 12, 12), _region(20, 20, SIZE + 1.5, SIZE + 2)))
+    (annotations / "border.xml").write_text(aperio_xml([rectangle(-2, 4, 12, 12), rectangle(20, 20, SIZE + 1.5, SIZE + 2)]))
     changes["border.xml"] = VERTICES_CLIPPED
     return root, problems, changes
 
 
 def test_clean_root_passes_with_checksums(tmp_path):
-    root = make_clean_root(tmp_path / "monuseg")
+    root = make_monuseg_root(tmp_path / "monuseg")
     report = check_monuseg_root(root, num_val_images=1)
     assert report.ok, report.message()
     assert report.images == {"train": 4, "test": 1}
@@ -216,21 +182,21 @@ def test_every_fault_of_a_damaged_root_is_reported_in_one_pass(tmp_path):
 
 
 def test_too_few_training_images_and_a_wrong_stain_reference_are_problems(tmp_path):
-    root = make_clean_root(tmp_path / "monuseg", num_train=2)
+    root = make_monuseg_root(tmp_path / "monuseg", num_train=2)
     report = check_monuseg_root(root, num_val_images=2, stain_reference="TCGA-absent")
     text = report.message()
     assert "data.num_val_images=2" in text and "data.stain_reference=TCGA-absent" in text
 
 
 def test_check_data_source_raises_and_skips_synthetic(tmp_path):
-    root = make_clean_root(tmp_path / "monuseg", with_test=False)
+    root = make_monuseg_root(tmp_path / "monuseg", with_test=False)
     with pytest.raises(DataCheckError, match="test split folder not found"):
         check_data_source(MonusegSource(root))
     assert check_data_source(object()) is None
 
 
 def test_command_line_exit_status(tmp_path, capsys):
-    good = make_clean_root(tmp_path / "good")
+    good = make_monuseg_root(tmp_path / "good")
     assert main([str(good)]) == 0
     assert "ok (train 4 images, test 1 images" in capsys.readouterr().out
     bad, problems, _ = make_damaged_root(tmp_path / "bad")

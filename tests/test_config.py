@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, REPO_ROOT
+from helpers import CONFIG_DIR, REPO_ROOT
 from hydra.utils import instantiate
 
 from nucseg.pipeline import build_module
@@ -76,7 +75,6 @@ def test_recipes_set_stain_jitter_as_documented(compose_train, monkeypatch, tmp_
 
 
 def test_wrong_option_fails_at_once_with_the_list_of_choices(tmp_path):
-    started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "train.py", "model=unte", f"paths.log_dir={tmp_path}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
@@ -84,7 +82,6 @@ def test_wrong_option_fails_at_once_with_the_list_of_choices(tmp_path):
     assert result.returncode != 0
     assert "Could not find 'model/unte'" in result.stderr
     assert "linknet34" in result.stderr and "resunet" in result.stderr
-    assert time.perf_counter() - started < 60
     assert not any(tmp_path.iterdir()), "no run directory may be created for a wrong option"
 
 
@@ -138,3 +135,38 @@ def test_the_demo_trains_on_a_time_budget_with_a_schedule_that_follows_it(compos
     assert "TrainingProgress" in {type(callback).__name__ for callback in callbacks}
     optimizer = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
     assert type(instantiate(cfg.scheduler)(optimizer=optimizer)).__name__ == "CosineToBudget"
+
+
+# Source-specific options (where the images come from and how they are read and split).
+SOURCE_KEYS = {
+    "monuseg": {"root", "annotation_rule", "split", "kumar_list"},
+    "synthetic": {"source"},
+    "folder": {"root", "annotation_kind", "splits", "test_fraction", "validation_fraction", "object_types", "classes"},
+}
+
+
+def test_every_data_config_lists_every_data_module_option(compose_train, monkeypatch, tmp_path):
+    """The same keys under every source, so `data.X=...` works with each without a `+`."""
+    import inspect
+
+    from nucseg.data.datamodule import NucleiDataModule
+
+    monkeypatch.setenv("MONUSEG_ROOT", str(tmp_path))
+    shared = set(inspect.signature(NucleiDataModule.__init__).parameters) - {"self", "source", "protocol"}
+    assert set(_options("data")) == set(SOURCE_KEYS)
+    for data, own in SOURCE_KEYS.items():
+        keys = set(compose_train([f"data={data}", "data.root=x"] if data == "folder" else [f"data={data}"], tiny=False).data)
+        assert keys - {"_target_"} == shared | own, f"conf/data/{data}.yaml: {sorted(keys ^ (shared | own | {'_target_'}))}"
+
+
+def test_folder_data_follows_the_target_and_old_folder_configs_keep_their_defaults(compose_train, tmp_path):
+    import inspect
+
+    from nucseg.data.datamodule import NucleiDataModule
+
+    cfg = compose_train(["data=folder", f"data.root={tmp_path}", "target=contour"], tiny=False)
+    assert cfg.data.target.name == "contour", "the data module builds the target the network is trained for"
+    # Keys added to conf/data/folder.yaml: runs stored without them rebuild the same data module.
+    defaults = inspect.signature(NucleiDataModule.__init__).parameters
+    for key in ("val_strategy", "num_folds", "fold", "pin_memory", "persistent_workers", "device_resident"):
+        assert cfg.data[key] == defaults[key].default, key

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import aperio_xml, rectangle, write_annotated_image
 
 from nucseg.data.augment import SegmentationAugmentation
 from nucseg.data.datamodule import NucleiDataModule, split_train_val
@@ -142,20 +143,13 @@ def kumar_root(tmp_path):
     """A tiny MoNuSeg folder: 8 training images (3 organs), 1 test image, splits/kumar.json."""
     import json
 
-    import tifffile
-
     root = tmp_path / "monuseg"
-    xml = (
-        '<Annotations><Annotation><Regions><Region Id="1"><Vertices><Vertex X="2" Y="2"/><Vertex X="6" Y="2"/>'
-        '<Vertex X="6" Y="6"/><Vertex X="2" Y="6"/></Vertices></Region></Regions></Annotation></Annotations>'
-    )
-    rng = np.random.default_rng(0)
+    xml = aperio_xml([rectangle(2, 2, 6, 6)])
     for split, names in (("train", sorted(KUMAR_ORGANS)), ("test", ["t0"])):
         (root / split / "images").mkdir(parents=True)
         (root / split / "annotations").mkdir()
-        for name in names:
-            tifffile.imwrite(root / split / "images" / f"{name}.tif", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
-            (root / split / "annotations" / f"{name}.xml").write_text(xml)
+        for seed, name in enumerate(names):
+            write_annotated_image(root / split, name, seed, xml, size=12)
     (root / "splits").mkdir()
     (root / "splits" / "kumar.json").write_text(json.dumps(KUMAR_JSON))
     return root

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_OVERRIDES
+from helpers import REPO_ROOT, TINY_OVERRIDES
 
 from nucseg.data.samplers import evaluation_sampler
 

@@ -4,6 +4,7 @@ the run naming its step."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,15 +14,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import CONFIG_DIR, REPO_ROOT, make_monuseg_root
+from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
-from test_check import make_clean_root
+from omegaconf import OmegaConf
 
 from nucseg.callbacks import NonFiniteLossError, NonFiniteLossGuard
 from nucseg.checkpoint import CheckpointError
 from nucseg.cli import find_user_error, run_task, user_error_message
 from nucseg.data.check import DataCheckError
 from nucseg.data.monuseg import MonusegError
+from nucseg.evaluation import data_overrides, evaluation_name
 from nucseg.pipeline import train
 
 
@@ -65,7 +68,7 @@ def test_run_task_exits_2_on_user_errors_and_reraises_bugs(capsys):
 
 
 def test_missing_test_split_fails_before_any_training_step(compose_train, tmp_path):
-    root = make_clean_root(tmp_path / "monuseg", with_test=False)
+    root = make_monuseg_root(tmp_path / "monuseg", with_test=False)
     cfg = compose_train(
         ["data=monuseg", f"data.root={root}", "data.stain_reference=null", "data.num_val_images=1", "data.patch_size=32",
          "data.patches_per_image=1", "data.batch_size=2", "++widths.unet=4", "trainer.accelerator=cpu", "trainer.max_epochs=1"],
@@ -81,7 +84,7 @@ def test_missing_test_split_fails_before_any_training_step(compose_train, tmp_pa
 
 @pytest.mark.slow
 def test_data_check_result_and_provenance_are_recorded(compose_train, tmp_path):
-    root = make_clean_root(tmp_path / "monuseg", num_train=3)
+    root = make_monuseg_root(tmp_path / "monuseg", num_train=3)
     cfg = compose_train(
         ["data=monuseg", f"data.root={root}", "data.stain_reference=null", "data.num_val_images=1", "data.patch_size=32",
          "data.patches_per_image=1", "data.batch_size=2", "++widths.unet=4", "trainer.accelerator=cpu",
@@ -144,3 +147,54 @@ def test_evaluate_py_and_a_multirun_of_bad_roots_exit_2(tmp_path):
     assert f"{tmp_path / 'a'}: MoNuSeg root not found" in sweep.stderr
     assert f"{tmp_path / 'b'}: MoNuSeg root not found" in sweep.stderr, "the other jobs still run"
     assert "2 run(s) of the sweep stopped on input problems" in sweep.stderr
+
+
+def _evaluate_script():
+    """evaluate.py as a module (its ``__main__`` block does not run)."""
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO_ROOT / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_py_takes_data_settings_as_train_py_does(tmp_path):
+    script = _evaluate_script()
+    argv = [str(tmp_path), "data.root=/moved/monuseg", "data.num_workers=2", "split=val", "overrides=[]"]
+    assert script.data_settings_as_in_train(script.positional_run_dir(argv)) == [
+        f"run_dir={tmp_path}", "++data.root=/moved/monuseg", "++data.num_workers=2", "split=val", "overrides=[]",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=[f"run_dir={tmp_path}", "++data.root=/moved/monuseg", "++data.num_workers=2"])
+        assert compose("eval").data.root is None
+    assert data_overrides(cfg.data) == ["data.root=/moved/monuseg", "data.num_workers=2"]
+    assert data_overrides(OmegaConf.create({"root": None})) == [], "root: null keeps the stored root"
+    assert data_overrides({"splits": {"train": ["a"]}, "mpp": 0.5, "stain_reference": None}) == [
+        'data.splits.train=["a"]', "data.mpp=0.5", "data.stain_reference=null",
+    ]
+
+
+@pytest.mark.slow
+def test_evaluate_py_reads_a_moved_data_set_given_by_data_root(compose_train, tmp_path):
+    root = make_monuseg_root(tmp_path / "monuseg", num_train=3)
+    cfg = compose_train(
+        ["data=monuseg", f"data.root={root}", "data.stain_reference=null", "data.num_val_images=1", "data.patch_size=32",
+         "data.patches_per_image=1", "data.batch_size=2", "++widths.unet=4", "trainer.accelerator=cpu",
+         "trainer.max_epochs=1", "module.inference.tile_size=32", "module.inference.overlap=8",
+         "module.num_logged_images=0", "trainer.enable_progress_bar=false", "tune_postprocess=false"],
+        tiny=False,
+    )
+    train(cfg)
+    run_dir = tmp_path / "run"
+    moved = root.rename(tmp_path / "moved")
+
+    missing = _python(["evaluate.py", str(run_dir), "trainer.accelerator=cpu"], tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"error: {root}: MoNuSeg root not found: set data.root=/path/to/monuseg" in missing.stderr
+
+    found = _python(["evaluate.py", str(run_dir), f"data.root={moved}", "trainer.accelerator=cpu"], tmp_path)
+    assert found.returncode == 0, found.stderr[-3000:]
+    (path,) = (run_dir / "evaluations").glob("*.json")
+    assert path.name == f"{evaluation_name('test', [f'data.root={moved}'])}.json"
+    record = json.loads(path.read_text())
+    assert record["evaluation_overrides"] == [f"data.root={moved}"]
+    assert record["config"]["data"]["root"] == str(moved) and record["test"]["num_images"] == 1

@@ -4,7 +4,7 @@ parallel launcher composes. Nothing is submitted and no cluster is needed."""
 from __future__ import annotations
 
 import pytest
-from conftest import CONFIG_DIR
+from helpers import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from helpers import aperio_xml, random_rgb, rectangle
 
 from nucseg.data.annotations import AnnotationError
 from nucseg.data.monuseg import (
@@ -20,18 +21,7 @@ from nucseg.data.monuseg import (
 HEIGHT, WIDTH = 12, 16
 # One rectangle x 1.5..5.5, y 2.5..4.5 = 8 pixels: 0-based columns 1..4, rows 2..3 by the organisers'
 # rule (1-based vertices), columns 2..5, rows 3..4 by the centre rule; one 3 x 3 square.
-XML = (
-    "<Annotations><Annotation><Regions>"
-    '<Region Id="1"><Vertices><Vertex X="1.5" Y="2.5"/><Vertex X="5.5" Y="2.5"/>'
-    '<Vertex X="5.5" Y="4.5"/><Vertex X="1.5" Y="4.5"/></Vertices></Region>'
-    '<Region Id="2"><Vertices><Vertex X="9.5" Y="6.5"/><Vertex X="12.5" Y="6.5"/>'
-    '<Vertex X="12.5" Y="9.5"/><Vertex X="9.5" Y="9.5"/></Vertices></Region>'
-    "</Regions></Annotation></Annotations>"
-)
-
-
-def _rgb(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+XML = aperio_xml([rectangle(1.5, 2.5, 5.5, 4.5), rectangle(9.5, 6.5, 12.5, 9.5)])
 
 
 @pytest.fixture
@@ -40,17 +30,17 @@ def root(tmp_path):
     base = tmp_path / "monuseg"
     for folder in ("train/images", "train/annotations", "train/labels", "test/images", "test/annotations"):
         (base / folder).mkdir(parents=True)
-    tifffile.imwrite(base / "train/images/a.tif", _rgb(0), photometric="rgb", compression="lzw")
+    tifffile.imwrite(base / "train/images/a.tif", random_rgb(0, HEIGHT, WIDTH), photometric="rgb", compression="lzw")
     (base / "train/annotations/a.xml").write_text(XML)
-    tifffile.imwrite(base / "train/images/b.tif", _rgb(1), photometric="rgb")
+    tifffile.imwrite(base / "train/images/b.tif", random_rgb(1, HEIGHT, WIDTH), photometric="rgb")
     labels = np.zeros((HEIGHT, WIDTH), dtype=np.uint16)
     labels[0:2, 0:3] = 700
     labels[5:9, 10:12] = 12
     tifffile.imwrite(base / "train/labels/b.tif", labels, compression="zlib")
-    tifffile.imwrite(base / "train/images/c.tif", _rgb(2), photometric="rgb", compression="packbits")
+    tifffile.imwrite(base / "train/images/c.tif", random_rgb(2, HEIGHT, WIDTH), photometric="rgb", compression="packbits")
     (base / "train/annotations/c.xml").write_text(XML)
     tifffile.imwrite(base / "train/labels/c.tif", np.ones((HEIGHT, WIDTH), dtype=np.uint16))
-    tifffile.imwrite(base / "test/images/d.tif", _rgb(3), photometric="rgb")
+    tifffile.imwrite(base / "test/images/d.tif", random_rgb(3, HEIGHT, WIDTH), photometric="rgb")
     (base / "test/annotations/d.xml").write_text(XML)
     (base / "train/images/.hidden.tif").write_bytes(b"ignored")
     return base
@@ -69,7 +59,7 @@ def test_list_split_sorted_with_sources(root):
 def test_load_split_images_and_labels(root):
     images = {item.name: item for item in load_monuseg_split(root, "train")}
     a = images["a"]
-    np.testing.assert_array_equal(a.image, _rgb(0))  # LZW decoded through imagecodecs
+    np.testing.assert_array_equal(a.image, random_rgb(0, HEIGHT, WIDTH))  # LZW decoded through imagecodecs
     assert a.instance_labels.dtype == np.int32 and a.instance_labels.shape == (HEIGHT, WIDTH)
     assert np.bincount(a.instance_labels.ravel())[1:].tolist() == [8, 9]
     assert (a.instance_labels[2:4, 1:5] == 1).all()
@@ -91,7 +81,7 @@ def test_env_var_fallback(root, monkeypatch):
 def test_missing_root(tmp_path, monkeypatch):
     with pytest.raises(MonusegError, match="nowhere") as caught:
         resolve_monuseg_root(tmp_path / "nowhere")
-    assert "data.root" in str(caught.value) and MONUSEG_ROOT_ENV in str(caught.value)
+    assert "set data.root=" in str(caught.value), "the fix that works under train.py and evaluate.py"
     monkeypatch.delenv(MONUSEG_ROOT_ENV, raising=False)
     with pytest.raises(MonusegError, match=MONUSEG_ROOT_ENV):
         list_monuseg_split(None, "train")
@@ -112,7 +102,7 @@ def test_layout_errors(root, tmp_path):
 
 
 def test_image_without_annotation(root):
-    tifffile.imwrite(root / "train/images/lonely.tif", _rgb(4), photometric="rgb")
+    tifffile.imwrite(root / "train/images/lonely.tif", random_rgb(4, HEIGHT, WIDTH), photometric="rgb")
     with pytest.raises(MonusegError, match="lonely.tif: no annotation"):
         list_monuseg_split(root, "train")
 
@@ -141,7 +131,7 @@ def test_label_map_png_and_bad_kinds(tmp_path):
     from PIL import Image
 
     image_path = tmp_path / "e.tif"
-    tifffile.imwrite(image_path, _rgb(5), photometric="rgb")
+    tifffile.imwrite(image_path, random_rgb(5, HEIGHT, WIDTH), photometric="rgb")
     png = tmp_path / "e.png"
     labels = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
     labels[1:3, 1:3] = 9
@@ -150,7 +140,7 @@ def test_label_map_png_and_bad_kinds(tmp_path):
     assert loaded.instance_labels.max() == 1 and (loaded.instance_labels == 1).sum() == 4
 
     rgb_label = tmp_path / "rgb.tif"
-    tifffile.imwrite(rgb_label, _rgb(6), photometric="rgb")
+    tifffile.imwrite(rgb_label, random_rgb(6, HEIGHT, WIDTH), photometric="rgb")
     with pytest.raises(MonusegError, match="rgb.tif: label map must be single-channel"):
         load_monuseg_entry(MonusegEntry("e", image_path, None, rgb_label))
     with pytest.raises(MonusegError, match="e.tif: no annotation"):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import CONFIG_DIR, REPO_ROOT, TINY_OVERRIDES
+from helpers import CONFIG_DIR, REPO_ROOT, TINY_OVERRIDES
 from hydra import compose, initialize_config_dir
 
 from nucseg.sweep import best_validation_score, check_multirun_strategy

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_OVERRIDES
+from helpers import REPO_ROOT, TINY_OVERRIDES
 
 from nucseg.checkpoint import CheckpointError
 from nucseg.pipeline import train

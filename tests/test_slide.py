@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from test_streaming import DarknessNet  # tests/ is on sys.path (pytest rootdir-relative import)
+from helpers import DarknessNet, write_subifd_pyramid, write_svs_like
 
 from nucseg.inference import sliding_window_predict
 from nucseg.inference.streaming import stream_logits
@@ -43,30 +42,6 @@ def pyramid(image: np.ndarray, levels: int = 3) -> list[np.ndarray]:
     for _ in range(levels - 1):
         out.append(np.ascontiguousarray(out[-1][::2, ::2]))
     return out
-
-
-def write_subifd_pyramid(path: Path, levels: list[np.ndarray], mpp: float | None = MPP) -> Path:
-    options = {"tile": (128, 128), "photometric": "rgb", "compression": "zlib"}
-    with tifffile.TiffWriter(path) as tif:
-        for index, level in enumerate(levels):
-            extra: dict = {"subifds": len(levels) - 1} if index == 0 else {"subfiletype": 1}
-            if mpp is not None:
-                scale = levels[0].shape[1] / level.shape[1]
-                extra |= {"resolution": (1e4 / (mpp * scale),) * 2, "resolutionunit": "CENTIMETER"}
-            tif.write(level, **options, **extra)
-    return path
-
-
-def write_svs_like(path: Path, levels: list[np.ndarray], mpp: float = MPP) -> Path:
-    """Aperio layout: full level, thumbnail strip, then the reduced levels; mpp in the description."""
-    options = {"tile": (128, 128), "photometric": "rgb", "compression": "zlib"}
-    header = "Aperio Image Library test\r\n"
-    with tifffile.TiffWriter(path) as tif:
-        tif.write(levels[0], description=f"{header}{WIDTH}x{HEIGHT} (128x128)|AppMag = 40|MPP = {mpp}", **options)
-        tif.write(levels[-1][::2, ::2], photometric="rgb", description=f"{header}thumbnail")
-        for level in levels[1:]:
-            tif.write(level, subfiletype=1, description=header, **options)
-    return path
 
 
 @pytest.fixture(scope="module")

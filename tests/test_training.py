@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_OVERRIDES
+from helpers import REPO_ROOT, TINY_OVERRIDES
 from hydra.utils import instantiate
 
 from nucseg.checkpoint import CheckpointError, load_module

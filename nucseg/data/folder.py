@@ -136,7 +136,7 @@ class FolderSource:
         if len(present) > 1:
             raise FolderSourceError(
                 self.root,
-                [f"{self.root}: both {' and '.join(present)} exist; choose one with data.source.annotation_kind"],
+                [f"{self.root}: both {' and '.join(present)} exist; choose one with data.annotation_kind=labels|masks|annotations"],
             )
         return present[0]
 
@@ -166,7 +166,7 @@ class FolderSource:
         seed: int,
         problems: list[str],
     ) -> dict[str, list[str]]:
-        origin = "data.source.splits"
+        origin = "data.splits"
         if splits is None and (self.root / "splits.json").is_file():
             origin = str(self.root / "splits.json")
             try:

@@ -73,13 +73,15 @@ def resolve_monuseg_root(root: str | os.PathLike[str] | None) -> Path:
         root = os.environ.get(MONUSEG_ROOT_ENV) or None
         if root is None:
             raise MonusegError(
-                "MoNuSeg root not given: set data.root=/path/to/monuseg "
+                "MoNuSeg root not given: set data.root=/path/to/monuseg (the folder holding train/ and test/) "
                 f"or the {MONUSEG_ROOT_ENV} environment variable"
             )
     path = Path(root).expanduser()
     if not path.is_dir():
+        # The root is given (a value or $MONUSEG_ROOT resolved into it), so only data.root fixes it,
+        # under train.py and evaluate.py alike.
         raise MonusegError(
-            f"{path}: MoNuSeg root not found (set data.root=/path/to/monuseg or {MONUSEG_ROOT_ENV})"
+            f"{path}: MoNuSeg root not found: set data.root=/path/to/monuseg (the folder holding train/ and test/)"
         )
     return path
 

@@ -1,45 +1,31 @@
-"""Check a MoNuSeg data root before any training: every problem at once, nothing changed silently.
+"""The data check itself: every file of a MoNuSeg root read once, each problem with its fix.
 
-``python -m nucseg.data.check ROOT`` (or ``make check-data ROOT=...``) runs the check alone;
-``train.py`` runs it before the first training step on every split the run uses (train, whose
-held-out images are the validation set, and test).
-
-What is read, once per file, so that the check costs seconds on MoNuSeg:
-
-- images: the bytes (hashed for the run's record) and the header (size, channels, bit depth,
-  and for TIFF whether the file holds all the bytes its strips or tiles claim); pixels are not
-  decoded;
-- XML annotations: parsed with :func:`nucseg.data.annotations.parse_aperio_xml`; their vertices
-  are compared with the image's size;
-- label maps: decoded (they are small) to check shape, type and that they hold nuclei.
-
-Problems (the run cannot be right) are collected, one line per file with the reason and the fix,
-and raised together as :class:`DataCheckError`. Changes that alter what the model sees without
-being wrong (alpha dropped, greyscale replicated, 16-bit scaled, degenerate regions skipped,
-vertices clipped at the border, XML preferred over a label map, files without an image ignored)
-are counted and listed in the report, which the training run logs and stores in ``metrics.json``.
+See :mod:`nucseg.data.check` for what is read and what counts as a problem or a change.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
-import io
-import logging
 import os
 import re
-import struct
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nucseg.data.annotations import AnnotationError, parse_aperio_xml
+from nucseg.data.check.headers import ImageHeader, read_image_header
+from nucseg.data.check.report import (
+    DEGENERATE_REGIONS_SKIPPED,
+    FILES_IGNORED,
+    ORPHAN_ANNOTATIONS_IGNORED,
+    VERTICES_CLIPPED,
+    XML_PREFERRED_OVER_LABEL_MAP,
+    DataCheckReport,
+)
 from nucseg.data.monuseg import (
     IMAGE_SUFFIXES,
     LABEL_SUFFIXES,
@@ -48,207 +34,14 @@ from nucseg.data.monuseg import (
     read_label_map,
     resolve_monuseg_root,
 )
-from nucseg.utils.image_io import TIFF_SUFFIXES, ImageReadError, rgb_conversions
-
-logger = logging.getLogger(__name__)
+from nucseg.utils.image_io import ImageReadError, rgb_conversions
 
 # Vertices this far beyond the image edge are clipped (MoNuSeg's own reach 2.5 px past it);
 # further out, the annotation was drawn on another image (e.g. one since resized).
 OUTSIDE_TOLERANCE_PX = 8.0
 
-# Change kinds besides the image conversions named in nucseg.utils.image_io.
-DEGENERATE_REGIONS_SKIPPED = "degenerate_regions_skipped"
-VERTICES_CLIPPED = "vertices_clipped"
-XML_PREFERRED_OVER_LABEL_MAP = "xml_preferred_over_label_map"
-ORPHAN_ANNOTATIONS_IGNORED = "orphan_annotations_ignored"
-FILES_IGNORED = "files_ignored"
-
 _REGION_TAG = re.compile(rb"<Region[\s>/]")
 _FIX_COPY = "copy the file again from the original data set"
-
-
-@dataclass(frozen=True)
-class DataProblem:
-    """One file that makes the data root unusable, with what to do about it."""
-
-    path: Path
-    reason: str
-    fix: str
-
-    def line(self) -> str:
-        return f"{self.path}: {self.reason} (fix: {self.fix})"
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    """What the check needs to know of an image without decoding its pixels."""
-
-    height: int
-    width: int
-    channels: int
-    dtype: np.dtype
-
-
-@dataclass
-class DataCheckReport:
-    """Outcome of :func:`check_monuseg_root`.
-
-    Attributes:
-        root: the data root checked.
-        images: number of usable images per split checked.
-        problems: files that must be fixed before training.
-        changes: change kind -> files it applies to (with a detail each).
-        checksums: path relative to ``root`` -> SHA-256 of every data file read.
-        seconds: wall time of the check.
-    """
-
-    root: Path
-    images: dict[str, int] = field(default_factory=dict)
-    problems: list[DataProblem] = field(default_factory=list)
-    changes: dict[str, list[str]] = field(default_factory=dict)
-    checksums: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def add_problem(self, path: Path, reason: str, fix: str) -> None:
-        self.problems.append(DataProblem(path, reason, fix))
-
-    def add_change(self, kind: str, path: Path, detail: str | None = None) -> None:
-        self.changes.setdefault(kind, []).append(f"{path} ({detail})" if detail else str(path))
-
-    def summary(self) -> str:
-        splits = ", ".join(f"{split} {count} images" for split, count in self.images.items())
-        changed = sum(len(files) for files in self.changes.values())
-        if self.problems:
-            files = len({problem.path for problem in self.problems})
-            return (
-                f"data check of {self.root}: {len(self.problems)} problem(s) in {files} file(s) ({splits}); "
-                f"nothing was trained: fix them and run `python -m nucseg.data.check {self.root}` again"
-            )
-        return f"data check of {self.root}: ok ({splits}; {changed} change(s) listed, {self.seconds:.1f} s)"
-
-    def change_lines(self) -> list[str]:
-        """One line per change kind with its count and files."""
-        return [f"{kind} ({len(files)}): {', '.join(files)}" for kind, files in sorted(self.changes.items())]
-
-    def message(self) -> str:
-        """The problems, one line each, then the summary: what a user sees when the check fails."""
-        return "\n".join([problem.line() for problem in self.problems] + [self.summary()])
-
-    def log(self, log: logging.Logger = logger) -> None:
-        """Log the changes once (warnings: they alter what the model sees) and, when ok, the summary."""
-        for line in self.change_lines():
-            log.warning("data check: %s", line)
-        if self.ok:
-            log.info(self.summary())
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record stored as ``metrics.json["data_check"]`` (checksums go to the run's provenance)."""
-        return {
-            "root": str(self.root),
-            "ok": self.ok,
-            "images": dict(self.images),
-            "problems": [problem.line() for problem in self.problems],
-            "changes": {kind: {"count": len(files), "files": files} for kind, files in sorted(self.changes.items())},
-            "files_read": len(self.checksums),
-            "seconds": round(self.seconds, 2),
-        }
-
-    def raise_if_failed(self) -> None:
-        """Raises:
-        DataCheckError: when any problem was found."""
-        if self.problems:
-            raise DataCheckError(self)
-
-
-class DataCheckError(MonusegError):
-    """The data root has problems; the message lists every one, then a summary line."""
-
-    def __init__(self, report: DataCheckReport) -> None:
-        self.report = report
-        super().__init__(report.message())
-
-
-# -- headers ---------------------------------------------------------------------------------------
-def _tiff_header(data: bytes, path: Path) -> ImageHeader:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            if not len(tif.pages):
-                raise ImageReadError(f"{path}: TIFF without an image")
-            page = tif.pages[0]
-            height, width, channels, dtype = page.imagelength, page.imagewidth, page.samplesperpixel, page.dtype
-            offsets, counts = list(page.dataoffsets), list(page.databytecounts)
-    except tifffile.TiffFileError as error:
-        raise ImageReadError(f"{path}: not a readable TIFF ({error})") from error
-    except (OSError, ValueError, struct.error, IndexError) as error:
-        raise ImageReadError(f"{path}: damaged TIFF header ({type(error).__name__}: {error})") from error
-    if dtype is None:
-        raise ImageReadError(f"{path}: TIFF pixel type not supported")
-    if not counts or min(counts) == 0:
-        raise ImageReadError(f"{path}: TIFF with missing image data (empty strips or tiles)")
-    needed = max(offset + count for offset, count in zip(offsets, counts, strict=True))
-    if needed > len(data):
-        raise ImageReadError(f"{path}: truncated: the file has {len(data)} bytes, its image data needs {needed}")
-    return ImageHeader(int(height), int(width), int(channels), np.dtype(dtype))
-
-
-# PIL modes: samples per pixel and pixel type as ``np.asarray`` returns them.
-_PIL_MODES: dict[str, tuple[int, str]] = {
-    "RGB": (3, "uint8"),
-    "RGBA": (4, "uint8"),
-    "L": (1, "uint8"),
-    "1": (1, "bool"),
-    "I;16": (1, "uint16"),
-    "I;16L": (1, "uint16"),
-    "I;16B": (1, "uint16"),
-    "F": (1, "float32"),
-}
-
-
-def _pil_header(data: bytes, path: Path) -> ImageHeader:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            mode, (width, height) = opened.mode, opened.size
-            opened.verify()  # walks the chunks and their checksums; catches truncation without decoding
-    except Exception as error:  # noqa: BLE001 - every decoder error becomes one line
-        raise ImageReadError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
-    if mode not in _PIL_MODES:
-        raise ImageReadError(f"{path}: image mode {mode!r} is not RGB, RGBA or greyscale (save it as RGB)")
-    channels, dtype = _PIL_MODES[mode]
-    return ImageHeader(int(height), int(width), channels, np.dtype(dtype))
-
-
-def read_image_header(path: str | os.PathLike[str]) -> tuple[ImageHeader, bytes]:
-    """Read an image's bytes and header without decoding its pixels.
-
-    Args:
-        path: a TIFF or PNG image.
-
-    Returns:
-        The header and the file's bytes.
-
-    Raises:
-        ImageReadError: the file is empty, not an image, truncated, or of a layout the reader
-            refuses (see :func:`nucseg.utils.image_io.rgb_conversions`).
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ImageReadError(f"{path}: cannot read ({error.strerror})") from error
-    if not data:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
-    header = _tiff_header(data, path) if path.suffix.lower() in TIFF_SUFFIXES else _pil_header(data, path)
-    if header.height < 1 or header.width < 1:
-        raise ImageReadError(f"{path}: image of size {header.width}x{header.height}")
-    return header, data
 
 
 def _access_problem(path: Path) -> str | None:
@@ -533,29 +326,3 @@ def check_data_source(source: Any, num_val_images: int = 0, stain_reference: str
     report.log()
     report.raise_if_failed()
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nucseg.data.check ROOT``: 0 when the root is usable, 2 when it has problems."""
-    parser = argparse.ArgumentParser(
-        prog="python -m nucseg.data.check", description="Check a MoNuSeg data root (every problem at once)."
-    )
-    parser.add_argument("root", nargs="?", help="the folder holding train/ and test/ (default: $MONUSEG_ROOT)")
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    parser.add_argument("--tolerance-px", type=float, default=OUTSIDE_TOLERANCE_PX, help="vertices allowed past the edge")
-    args = parser.parse_args(argv)
-    try:
-        report = check_monuseg_root(args.root, args.splits, outside_tolerance_px=args.tolerance_px)
-    except MonusegError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for line in report.change_lines():
-        print(f"note: {line}")
-    for problem in report.problems:
-        print(problem.line(), file=sys.stderr)
-    print(report.summary(), file=sys.stderr if report.problems else sys.stdout)
-    return 0 if report.ok else 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
