@@ -1,4 +1,4 @@
-"""Predict nuclei in images: ``python predict.py IMAGES -c RUN_DIR -o OUT`` (see nucseg/predict.py)."""
+"""Predict nuclei in images: ``python predict.py IMAGES -c RUN_DIR -o OUT`` (see nucseg/predict/cli.py)."""
 
 from nucseg.predict import main
 

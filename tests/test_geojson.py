@@ -193,13 +193,13 @@ def test_overlay_draws_contours_between_touching_nuclei() -> None:
 def test_predicted_geojson_is_a_valid_qupath_feature_collection(tmp_path: Path) -> None:
     """What predict writes: a FeatureCollection of valid detections with measurements in µm."""
     shapely_geometry = pytest.importorskip("shapely.geometry")
-    from nucseg.inference.outputs import ImageGrid, OutputPaths, write_outputs
+    from nucseg.predict import ImageGrid, OutputPaths, write_image_outputs
 
     labels = labelled_nuclei()
     image = np.full(labels.shape + (3,), (232, 196, 222), np.uint8)
     image[labels > 0] = (92, 58, 140)
     paths = OutputPaths.for_image(tmp_path, "n")
-    count = write_outputs(
+    count = write_image_outputs(
         image,
         (labels > 0).astype(np.float32),
         paths,

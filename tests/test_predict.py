@@ -14,7 +14,7 @@ from PIL import Image
 from test_streaming import DarknessNet, nuclei_image  # tests/ is on sys.path (pytest rootdir-relative import)
 from torch import nn
 
-import nucseg.predict as predict_cli
+import nucseg.predict.cli as predict_cli
 from nucseg.inference.outputs import OutputPaths
 from nucseg.inference.runner import predict_file
 

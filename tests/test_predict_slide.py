@@ -15,7 +15,7 @@ from PIL import Image
 from test_slide import write_subifd_pyramid, write_svs_like  # tests/ is on sys.path
 from test_streaming import DarknessNet
 
-import nucseg.predict as predict_cli
+import nucseg.predict.cli as predict_cli
 from nucseg.inference.runner import background_logits, is_slide
 from nucseg.inference.streaming import ArrayRegionReader, stream_logits
 

@@ -19,25 +19,15 @@ from torch import nn
 
 from nucseg.data.stain import MacenkoStainNormalizer, stain_normalizer_from_state_dict
 from nucseg.inference import sliding_window_predict
-from nucseg.inference.outputs import (
-    OutputPaths,
-    PostprocessSettings,
-    sigmoid,
-    write_outputs,
-    write_outputs_streamed,
-)
-from nucseg.inference.runner import predict_file
-from nucseg.inference.streaming import (
-    ArrayRegionReader,
-    RawRowFile,
-    TiffRegionReader,
-    fixed_stain_transform,
-    overview_stride,
-    read_overview,
-    stream_logits,
-)
+from nucseg.inference.instances import PostprocessSettings, heads_of, sigmoid
+from nucseg.inference.streaming import fixed_stain_transform, stream_logits
+from nucseg.io.images import ImageReadError, read_rgb_image
+from nucseg.io.overview import overview_stride, read_overview
+from nucseg.io.regions import ArrayRegionReader, TiffRegionReader
+from nucseg.io.rows import temporary_rows
 from nucseg.postprocess import StreamingLabeler, label_instances
-from nucseg.utils.image_io import ImageReadError, read_rgb_image
+from nucseg.predict import OutputPaths, predict_file, write_image_outputs, write_outputs
+from nucseg.predict.outputs import probability_bands
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -365,16 +355,15 @@ def test_streaming_labeler_equals_whole_image_labelling(connectivity: int) -> No
         assert labeler.areas[index] == np.count_nonzero(expected == index + 1)
 
 
-def test_raw_row_file_round_trip(tmp_path: Path) -> None:
+def test_temporary_rows_are_a_memmap_removed_on_exit(tmp_path: Path) -> None:
     rows = np.arange(50 * 7, dtype=np.int32).reshape(50, 7)
-    with RawRowFile(7, np.int32, tmp_path) as store:
-        store.append(rows[:20])
-        store.append(rows[20:])
-        assert np.array_equal(store.read(5, 45), rows[5:45])
-        assert np.array_equal(store.read(-3, 2), rows[:2])
-        assert store.read(60, 70).shape == (0, 7)
-        path = store.path
-    assert not path.exists()
+    with temporary_rows(50, 7, np.int32, tmp_path) as store:
+        assert isinstance(store, np.memmap) and (store == 0).all()
+        store[:20] = rows[:20]
+        store[20:] = rows[20:]
+        assert np.array_equal(store[5:45], rows[5:45])
+        assert len(list(tmp_path.glob(".nucseg-rows-*"))) == 1
+    assert not list(tmp_path.glob(".nucseg-rows-*"))
 
 
 def test_streamed_outputs_equal_in_memory_outputs(tmp_path: Path) -> None:
@@ -386,10 +375,11 @@ def test_streamed_outputs_equal_in_memory_outputs(tmp_path: Path) -> None:
     logits = sliding_window_predict(torch.from_numpy(image).permute(2, 0, 1).float() / 255, net, 128, 32)
     memory = OutputPaths.for_image(tmp_path / "memory", "image", probability=True)
     streamed = OutputPaths.for_image(tmp_path / "streamed", "image", probability=True)
-    count_memory = write_outputs(image, sigmoid(logits[0].numpy()), memory, settings)
+    count_memory = write_image_outputs(image, sigmoid(logits[0].numpy()), memory, settings)
     with TiffRegionReader(tiff) as reader:
         bands = stream_logits(reader, net, tile_size=128, overlap=32, block_tiles=(2, 2))
-        count_streamed = write_outputs_streamed(reader, bands, streamed, settings, band_rows=64)
+        probabilities = probability_bands(bands, heads_of(None))
+        count_streamed = write_outputs(reader, probabilities, streamed, settings, band_rows=64)
     assert count_memory == count_streamed > 50
     assert np.array_equal(tifffile.imread(memory.labels), tifffile.imread(streamed.labels))
     assert (
@@ -420,8 +410,9 @@ def test_10k_tiff_is_predicted_with_bounded_memory(tmp_path: Path) -> None:
         sys.path.insert(0, {str(REPO)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_streaming import DarknessNet, nuclei_image
-        from nucseg.inference.outputs import OutputPaths, PostprocessSettings
-        from nucseg.inference.runner import predict_file
+        from nucseg.inference.instances import PostprocessSettings
+        from nucseg.predict import OutputPaths
+        from nucseg.predict import predict_file
 
         path = {str(tmp_path / "big.tif")!r}
         periodic = np.tile(nuclei_image(1000, 1000, 400), (2, 2, 1))  # 1000-px period, cut in 512 tiles

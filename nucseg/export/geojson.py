@@ -28,7 +28,8 @@ expected to be one connected piece, as ``label_instances`` makes them (otherwise
 piece is traced). The ring
 is simplified with Douglas-Peucker (``tolerance``, 0.25 px by default: it removes the collinear
 and nearly collinear vertices, about two thirds of them, and changes the area by well under 1%) and the unsimplified ring is kept
-whenever simplification would leave fewer than 4 positions or make it self-intersecting.
+whenever simplification would leave fewer than 4 positions or make it self-intersecting
+(shapely's ``LinearRing`` validity).
 Rings are closed (first position repeated last) and counter-clockwise by the shoelace sign of
 the coordinates as written (RFC 7946's rule; with y pointing down the ring looks clockwise on
 screen). Unscaled coordinates are multiples of 0.5 and written exactly.
@@ -63,53 +64,15 @@ def ring_signed_area(ring: np.ndarray) -> float:
 
 
 def ring_is_simple(ring: np.ndarray) -> bool:
-    """Whether a closed ring (first == last) has no two non-adjacent edges that touch or cross.
+    """Whether a closed ring (first == last) is a valid, simple ``LinearRing`` (shapely): no two
+    edges cross or touch except neighbours at their shared vertex, and no edge folds back."""
+    from shapely.geometry import LinearRing
 
-    Vectorised over all edge pairs, which is cheap for the tens of vertices of a nucleus.
-    """
     points = np.asarray(ring, dtype=np.float64)
     if len(points) < 4 or not np.array_equal(points[0], points[-1]):
         return False
-    start, end = points[:-1], points[1:]
-    count = len(start)
-    if np.any(np.all(start == end, axis=1)):
-        return False
-    a, b = start[:, None, :], end[:, None, :]
-    c, d = start[None, :, :], end[None, :, :]
-
-    def orient(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return np.sign(
-            (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
-            - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0])
-        )
-
-    def on_segment(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return (
-            (np.minimum(p[..., 0], r[..., 0]) <= q[..., 0])
-            & (q[..., 0] <= np.maximum(p[..., 0], r[..., 0]))
-            & (np.minimum(p[..., 1], r[..., 1]) <= q[..., 1])
-            & (q[..., 1] <= np.maximum(p[..., 1], r[..., 1]))
-        )
-
-    o1, o2 = orient(a, b, c), orient(a, b, d)
-    o3, o4 = orient(c, d, a), orient(c, d, b)
-    crossing = (o1 * o2 < 0) & (o3 * o4 < 0)
-    touching = (
-        ((o1 == 0) & on_segment(a, c, b))
-        | ((o2 == 0) & on_segment(a, d, b))
-        | ((o3 == 0) & on_segment(c, a, d))
-        | ((o4 == 0) & on_segment(c, b, d))
-    )
-    index = np.arange(count)
-    gap = np.abs(index[:, None] - index[None, :])
-    adjacent = (gap == 1) | (gap == count - 1)
-    non_adjacent = (gap > 1) & (gap < count - 1)
-    # adjacent edges share one vertex; they are invalid only when collinear and folding back
-    direction_dot = (b[..., 0] - a[..., 0]) * (d[..., 0] - c[..., 0]) + (b[..., 1] - a[..., 1]) * (
-        d[..., 1] - c[..., 1]
-    )
-    fold = adjacent & (o1 == 0) & (o2 == 0) & (direction_dot < 0)
-    return not bool(np.any((crossing | touching) & non_adjacent) or np.any(fold))
+    linear_ring = LinearRing(points)
+    return bool(linear_ring.is_valid and linear_ring.is_simple)
 
 
 def nucleus_ring(

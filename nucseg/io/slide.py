@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from nucseg.utils.image_io import to_rgb_uint8
+from nucseg.io.images import to_rgb_uint8
 
 logger = logging.getLogger(__name__)
 

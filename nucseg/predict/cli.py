@@ -1,12 +1,12 @@
-"""Predict nuclei in images with a trained model: ``python -m nucseg.predict`` / ``predict.py``.
+"""The command line: ``python -m nucseg.predict`` / ``predict.py``.
 
 Inputs are files, folders (their PNG/JPEG/TIFF files; ``--recursive`` descends) or glob patterns
 (quote them so the shell leaves them alone). Images may be RGB, RGBA (alpha is dropped),
 greyscale (replicated to RGB), 8 or 16 bit (16 bit is scaled by 255/65535); see
-``nucseg.utils.image_io``. Every image is stain-normalised with the reference fitted at training
+``nucseg.io.images``. Every image is stain-normalised with the reference fitted at training
 time (stored in the checkpoint), predicted by sliding window with the model's validation
 settings unless overridden here, and written to ``--output`` (names in
-``nucseg.inference.outputs``): ``<stem>_labels.tif`` (instances of the run's post-processing),
+``nucseg.predict.outputs``): ``<stem>_labels.tif`` (instances of the run's post-processing),
 ``<stem>.geojson`` (QuPath detections with measurements), ``<stem>_nuclei.csv`` (one row per
 nucleus), ``<stem>_mask.png`` and ``<stem>_overlay.png`` (for images up to 4096 x 4096 pixels
 unless ``--png``/``--no-png``) and, with ``--probability``, ``<stem>_prob.tif``.
@@ -27,7 +27,7 @@ blocks with tissue on the slide's thumbnail are predicted (``--no-tissue``: all)
 and centroids are in level-0 slide pixels, so QuPath overlays them on the slide; the label TIFF
 is on the level's grid, and PNGs are written only with ``--png``. ``--offset X Y`` adds a shift
 in level-0 pixels to polygons and centroids of every input, for a region exported from a larger
-slide (see ``nucseg.inference.runner``).
+slide (see ``nucseg.predict.runner``).
 
 A file that cannot be read or predicted is reported on stderr by name and skipped (its partial
 outputs are removed); the others are still written. Exit status: 0 when every image was
@@ -43,10 +43,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nucseg.inference.instances import settings_from_model
-from nucseg.inference.outputs import OutputPaths, PostprocessSettings
-from nucseg.inference.runner import DEFAULT_STREAM_ABOVE, SLIDE_SUFFIXES, predict_file
-from nucseg.utils.image_io import IMAGE_SUFFIXES
+from nucseg.inference.instances import PostprocessSettings, settings_from_model
+from nucseg.io.images import IMAGE_SUFFIXES
+from nucseg.predict.grid import OutputPaths
+from nucseg.predict.runner import DEFAULT_STREAM_ABOVE, SLIDE_SUFFIXES, predict_file
 from nucseg.utils.resolution import PLAUSIBLE_MPP, model_pixel_size, plausible
 
 logger = logging.getLogger("nucseg.predict")
@@ -284,7 +284,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary += f"; {failed_images} failed, {len(input_errors)} input errors"
     print(summary)
     return 1 if failed_images or input_errors else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
