@@ -33,7 +33,7 @@ def _other_size_image(seed: int = 3) -> np.ndarray:
 
 
 def test_preprocessing_wrapper_equals_the_module_for_uint8_and_float():
-    from test_streaming import DarknessNet
+    from helpers import DarknessNet
 
     class Holder(torch.nn.Module):
         def __init__(self) -> None:

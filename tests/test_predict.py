@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import DarknessNet, nuclei_image  # tests/ is on sys.path (pytest rootdir-relative import)
 from PIL import Image
-from test_streaming import DarknessNet, nuclei_image  # tests/ is on sys.path (pytest rootdir-relative import)
 from torch import nn
 
 import nucseg.predict.cli as predict_cli

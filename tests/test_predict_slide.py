@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import DarknessNet
 from PIL import Image
 from test_slide import write_subifd_pyramid, write_svs_like  # tests/ is on sys.path
-from test_streaming import DarknessNet
 
 import nucseg.predict.cli as predict_cli
 from nucseg.inference.runner import background_logits, is_slide

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import REPO_ROOT, DarknessNet, nuclei_image
 from PIL import Image
 from scipy import ndimage
-from torch import nn
 
 from nucseg.data.stain import MacenkoStainNormalizer, stain_normalizer_from_state_dict
 from nucseg.inference import sliding_window_predict
@@ -29,41 +29,7 @@ from nucseg.postprocess import StreamingLabeler, label_instances
 from nucseg.predict import OutputPaths, predict_file, write_image_outputs, write_outputs
 from nucseg.predict.outputs import probability_bands
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def nuclei_image(height: int, width: int, count: int, seed: int = 0) -> np.ndarray:
-    """Pink background with dark purple disks of radius 3..9, some touching, some at the border."""
-    rng = np.random.default_rng(seed)
-    image = np.empty((height, width, 3), dtype=np.uint8)
-    image[:] = (232, 196, 222)
-    rows, cols = np.ogrid[:height, :width]
-    for _ in range(count):
-        r, c, radius = rng.integers(0, height), rng.integers(0, width), rng.integers(3, 10)
-        top, bottom, left, right = (
-            max(0, r - radius),
-            min(height, r + radius + 1),
-            max(0, c - radius),
-            min(width, c + radius + 1),
-        )
-        disk = (rows[top:bottom] - r) ** 2 + (cols[:, left:right] - c) ** 2 <= radius**2
-        image[top:bottom, left:right][disk] = (92, 58, 140)
-    noise = rng.integers(-12, 13, image.shape)
-    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-
-
-class DarknessNet(nn.Module):
-    """Logit = 12 * (0.55 - local mean intensity): dark nuclei positive, pink background negative."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.fill_(-12.0 / 27.0)
-            self.conv.bias.fill_(12.0 * 0.55)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.conv(images)
+REPO = REPO_ROOT
 
 
 def write_tiff_variants(directory: Path, image: np.ndarray) -> dict[str, Path]:
@@ -409,7 +375,7 @@ def test_10k_tiff_is_predicted_with_bounded_memory(tmp_path: Path) -> None:
         import numpy as np, tifffile
         sys.path.insert(0, {str(REPO)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_streaming import DarknessNet, nuclei_image
+        from helpers import DarknessNet, nuclei_image
         from nucseg.inference.instances import PostprocessSettings
         from nucseg.predict import OutputPaths
         from nucseg.predict import predict_file
