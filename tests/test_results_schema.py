@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import CONFIG_DIR
+from helpers import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 
 from nucseg import schema

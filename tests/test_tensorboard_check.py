@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 # A script, not part of the package: loaded from its file.
 _spec = importlib.util.spec_from_file_location("tensorboard_check", REPO_ROOT / "scripts" / "tensorboard_check.py")
