@@ -17,6 +17,8 @@ any order and chunking), so regions mapped separately join without seams.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -72,3 +74,27 @@ def apply_stain_transform(
                 )
             output[start : start + chunk_pixels] = rgb.clamp_(max=255.0).T.to(torch.uint8)
     return output.reshape(image.shape).numpy()
+
+
+#: Images with at least this many pixels are mapped through a table of all 2**24 colours: building
+#: it costs about what mapping a 4096² image directly costs (2.7 s on 2 cores), a lookup about half
+#: of a direct mapping (42 vs 90 ms per 1000² image).
+COLOUR_TABLE_MIN_PIXELS = 1 << 24
+
+
+def colour_table(transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``transform`` of every 8-bit RGB colour, as a (2**24, 3) uint8 table indexed by ``r<<16 | g<<8 | b``.
+
+    Exact for a transform whose output pixel depends only on its own RGB, as
+    ``apply_stain_transform`` with fixed estimates does (see the module docstring).
+    """
+    codes = np.arange(1 << 24, dtype=np.uint32)
+    colours = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1).astype(np.uint8)
+    return transform(colours.reshape(4096, 4096, 3)).reshape(-1, 3)
+
+
+def lookup_colours(image: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 ``image`` mapped through a :func:`colour_table`."""
+    check_rgb_uint8(image, "stain region")
+    codes = (image[..., 0].astype(np.uint32) << 16) | (image[..., 1].astype(np.uint32) << 8) | image[..., 2]
+    return table[codes]
