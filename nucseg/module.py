@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nucseg.hardware import resolve_channels_last
+from nucseg.hardware import check_channels_last_on_cpu, resolve_channels_last
 from nucseg.inference import sliding_window_predict
 from nucseg.losses import CompositeLoss
 from nucseg.metrics import PerImageMetrics, build_pixel_metrics
@@ -309,24 +309,3 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nucseg"] = {"run_config": self.run_config, "model_name": self.model_name}
 
-
-def check_channels_last_on_cpu(net: nn.Module) -> None:
-    """Refuse a network whose channels-last backward crashes the process on CPU.
-
-    Measured with torch 2.14.1 (oneDNN): a 1×1 convolution of stride 2 with 2, 4, 6 or 8 input
-    channels segfaults (or corrupts memory) in its backward pass when the input is channels-last;
-    1, 3, 12 and 16 or more channels, and every other kernel and stride tried, train correctly.
-    The check refuses the whole range 2–8 (5 and 7 were not tried). Tiny test widths hit it;
-    the recipe widths (32 and up, ResNet encoders) do not.
-    """
-    for name, layer in net.named_modules():
-        if (
-            isinstance(layer, nn.Conv2d)
-            and layer.kernel_size == (1, 1)
-            and max(layer.stride) > 1
-            and 2 <= layer.in_channels <= 8
-        ):
-            raise ValueError(
-                f"channels_last training on CPU crashes oneDNN at layer {name!r} (1×1 stride-2 convolution of "
-                f"{layer.in_channels} channels); set module.channels_last=false or use a width of 16 or more"
-            )
