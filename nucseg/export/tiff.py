@@ -66,15 +66,3 @@ def write_tiled_tiff(
         )
     return Path(path)
 
-
-def write_array_tiff(
-    path: str | os.PathLike[str],
-    array: np.ndarray,
-    tile: tuple[int, int] = (256, 256),
-    mpp: float | None = None,
-) -> Path:
-    """Write an in-memory (H, W) array with :func:`write_tiled_tiff`."""
-    array = np.asarray(array)
-    return write_tiled_tiff(
-        path, array.shape[0], array.shape[1], array.dtype, lambda t, b: array[t:b], tile, mpp=mpp
-    )
