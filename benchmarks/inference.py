@@ -234,8 +234,9 @@ def child_stream(tiff: str, out: str, stain_json: str) -> None:
     """
     import logging
 
-    from nucseg.inference.outputs import OutputPaths, PostprocessSettings
-    from nucseg.inference.runner import predict_file
+    from nucseg.inference.instances import PostprocessSettings
+    from nucseg.predict.grid import OutputPaths
+    from nucseg.predict.runner import predict_file
 
     torch.set_num_threads(os.cpu_count() or 1)
     state = json.loads(Path(stain_json).read_text())

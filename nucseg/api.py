@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nucseg.inference import sliding_window_predict
-from nucseg.utils.image_io import read_rgb_image, to_rgb_uint8
+from nucseg.io.images import read_rgb_image, to_rgb_uint8
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -32,7 +32,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from nucseg.data.annotations import AnnotationError
     from nucseg.data.monuseg import MonusegError
     from nucseg.data.stain import StainNormalizationError
-    from nucseg.utils.image_io import ImageReadError
+    from nucseg.io.images import ImageReadError
 
     return (MonusegError, AnnotationError, ImageReadError, CheckpointError, StainNormalizationError, NonFiniteLossError)
 

@@ -24,7 +24,7 @@ from nucseg.data.check import (
     main,
 )
 from nucseg.data.sources import MonusegSource
-from nucseg.utils.image_io import ALPHA_DROPPED, GREYSCALE_REPLICATED, SCALED_16_TO_8_BIT
+from nucseg.io.images import ALPHA_DROPPED, GREYSCALE_REPLICATED, SCALED_16_TO_8_BIT
 
 SIZE = 32  # the side of make_monuseg_root's images
 

@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 
 import nucseg.predict.cli as predict_cli
-from nucseg.inference.outputs import OutputPaths
-from nucseg.inference.runner import predict_file
+from nucseg.predict.grid import OutputPaths
+from nucseg.predict.runner import predict_file
 
 REPO = Path(__file__).resolve().parents[1]
 

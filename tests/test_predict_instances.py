@@ -166,8 +166,8 @@ def test_a_contour_run_predicts_in_memory_and_streamed_alike(tmp_path) -> None:
     import tifffile
     import torch
 
-    from nucseg.inference.outputs import OutputPaths
-    from nucseg.inference.runner import predict_file
+    from nucseg.predict.grid import OutputPaths
+    from nucseg.predict.runner import predict_file
 
     class DarkNucleiContour(torch.nn.Module):
         """Logits of background / interior / boundary from darkness: dark discs are nuclei."""

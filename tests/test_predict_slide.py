@@ -16,8 +16,8 @@ from PIL import Image
 from test_slide import write_subifd_pyramid, write_svs_like  # tests/ is on sys.path
 
 import nucseg.predict.cli as predict_cli
-from nucseg.inference.runner import background_logits, is_slide
 from nucseg.inference.streaming import ArrayRegionReader, stream_logits
+from nucseg.predict.runner import background_logits, is_slide
 
 needs_tiffslide = pytest.mark.skipif(
     importlib.util.find_spec("tiffslide") is None,

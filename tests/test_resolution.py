@@ -15,8 +15,6 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from nucseg.inference.outputs import OutputPaths
-from nucseg.inference.runner import predict_file, work_grid
 from nucseg.inference.streaming import (
     ArrayRegionReader,
     ResampledRegionReader,
@@ -24,6 +22,8 @@ from nucseg.inference.streaming import (
     nearest_indices,
     resample_region,
 )
+from nucseg.predict.grid import OutputPaths
+from nucseg.predict.runner import predict_file, work_grid
 from nucseg.utils.resolution import (
     DEFAULT_MODEL_MPP,
     model_pixel_size,

@@ -43,7 +43,7 @@ from nucseg.data.annotations import AnnotationError, relabel_consecutive, xml_to
 from nucseg.data.datamodule import NucleiDataModule
 from nucseg.data.geojson_annotations import geojson_to_instance_labels
 from nucseg.data.types import AnnotatedImage
-from nucseg.utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image_array, read_rgb_image
+from nucseg.io.images import IMAGE_SUFFIXES, ImageReadError, read_image_array, read_rgb_image
 
 logger = logging.getLogger(__name__)
 

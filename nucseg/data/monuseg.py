@@ -26,7 +26,7 @@ import numpy as np
 
 from nucseg.data.annotations import relabel_consecutive, xml_to_instance_labels
 from nucseg.data.types import AnnotatedImage
-from nucseg.utils.image_io import read_image_array, read_rgb_image
+from nucseg.io.images import read_image_array, read_rgb_image
 
 logger = logging.getLogger(__name__)
 

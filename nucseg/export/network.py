@@ -90,7 +90,7 @@ def verification_image(module: Any, size: int, image_path: str | os.PathLike[str
     smaller); without it, a synthetic H&E tile (``nucseg.data.synthetic``).
     """
     if image_path is not None:
-        from nucseg.utils.image_io import read_rgb_image
+        from nucseg.io.images import read_rgb_image
 
         image = read_rgb_image(image_path)
         height = min(size, image.shape[0] // 32 * 32) or image.shape[0]

@@ -34,7 +34,7 @@ from nucseg.data.monuseg import (
     read_label_map,
     resolve_monuseg_root,
 )
-from nucseg.utils.image_io import ImageReadError, rgb_conversions
+from nucseg.io.images import ImageReadError, rgb_conversions
 
 # Vertices this far beyond the image edge are clipped (MoNuSeg's own reach 2.5 px past it);
 # further out, the annotation was drawn on another image (e.g. one since resized).

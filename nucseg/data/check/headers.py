@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.utils.image_io import TIFF_SUFFIXES, ImageReadError
+from nucseg.io.images import TIFF_SUFFIXES, ImageReadError
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def read_image_header(path: str | os.PathLike[str]) -> tuple[ImageHeader, bytes]
 
     Raises:
         ImageReadError: the file is empty, not an image, truncated, or of a layout the reader
-            refuses (see :func:`nucseg.utils.image_io.rgb_conversions`).
+            refuses (see :func:`nucseg.io.images.rgb_conversions`).
     """
     path = Path(path)
     try:

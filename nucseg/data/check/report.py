@@ -15,7 +15,7 @@ from nucseg.data.monuseg import MonusegError
 
 logger = logging.getLogger(__name__)
 
-# Change kinds besides the image conversions named in nucseg.utils.image_io.
+# Change kinds besides the image conversions named in nucseg.io.images.
 DEGENERATE_REGIONS_SKIPPED = "degenerate_regions_skipped"
 VERTICES_CLIPPED = "vertices_clipped"
 XML_PREFERRED_OVER_LABEL_MAP = "xml_preferred_over_label_map"
