@@ -8,7 +8,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from nucseg.metrics import InstanceMetrics, aggregate_instance_metrics, instance_metrics
-from nucseg.metrics.instance import METRIC_KEYS, RECORD_KEYS, overlap_table
+from nucseg.metrics.instance import METRIC_KEYS, RECORD_KEYS
+from nucseg.metrics.matching import overlap_table
 
 
 def _check(values: dict[str, float], **expected: float) -> None:

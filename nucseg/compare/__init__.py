@@ -11,7 +11,8 @@ from nucseg.compare.collect import RunRecord, collect_runs, find_run_dirs, load_
 from nucseg.compare.curves import plot_curves, read_epoch_curves
 from nucseg.compare.examples import ExampleCrop, crops_from_runs, plot_examples
 from nucseg.compare.report import ComparisonOutputs, write_comparison
-from nucseg.compare.table import ComparisonTable, RunGroup, build_table, group_runs
+from nucseg.compare.rows import RunGroup, group_runs
+from nucseg.compare.table import ComparisonTable, build_table
 
 __all__ = [
     "ComparisonOutputs",

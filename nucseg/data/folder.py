@@ -52,6 +52,8 @@ SPLIT_NAMES = ("train", "validation", "test")
 LABEL_SUFFIXES = {".png", ".tif", ".tiff", ".npy"}
 ANNOTATION_SUFFIXES = {".geojson", ".json", ".xml"}
 IGNORED_PREFIXES = (".", "~$")  # hidden files, .DS_Store, Office lock files
+# FolderSource arguments that FolderDataModule passes on (the rest go to NucleiDataModule).
+SOURCE_OPTIONS = ("annotation_kind", "splits", "test_fraction", "validation_fraction", "object_types", "classes", "mpp")
 
 
 class FolderSourceError(ValueError):
@@ -302,48 +304,22 @@ class FolderSource:
         return relabel_consecutive(array.astype(np.int64))
 
 
-
 class FolderDataModule(NucleiDataModule):
     """:class:`NucleiDataModule` over a :class:`FolderSource`; the folder is checked at once.
 
     Args:
         root: the annotated image folder (module docstring).
-        annotation_kind: ``labels``, ``masks`` or ``annotations`` (``None``: the one present).
-        splits: a ``{"train", "validation", "test"}`` mapping of image stems (``None``:
-            ``root/splits.json``, else a split by fraction).
-        test_fraction: share of images for the test without a given split.
-        validation_fraction: share for validation without a given split (0: ``num_val_images``).
-        object_types: GeoJSON only: QuPath object types to keep (``None``: all).
-        classes: GeoJSON only: QuPath classes to keep (``None``: all).
-        mpp: microns per pixel of the images (recorded for prediction and export).
-        split_seed: seed of the split by fraction and of the ``num_val_images`` hold-out.
-        **kwargs: the other :class:`NucleiDataModule` options.
+        split_seed: seed of the split by fraction (the source's ``seed``) and of the
+            ``num_val_images`` hold-out.
+        **kwargs: the :class:`FolderSource` options of :data:`SOURCE_OPTIONS` (``annotation_kind``,
+            ``splits``, ``test_fraction``, ``validation_fraction``, ``object_types``, ``classes``,
+            ``mpp``; their defaults are the source's), and the other :class:`NucleiDataModule` options.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        annotation_kind: str | None = None,
-        splits: Mapping[str, Sequence[str]] | None = None,
-        test_fraction: float = 0.2,
-        validation_fraction: float = 0.15,
-        object_types: Sequence[str] | None = None,
-        classes: Sequence[str] | None = None,
-        mpp: float | None = None,
-        split_seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        if isinstance(splits, Mapping):
-            splits = {str(key): [str(name) for name in (value or [])] for key, value in splits.items()}
-        source = FolderSource(
-            root,
-            annotation_kind=annotation_kind,
-            splits=splits,
-            test_fraction=test_fraction,
-            validation_fraction=validation_fraction,
-            seed=split_seed,
-            object_types=list(object_types) if object_types is not None else None,
-            classes=list(classes) if classes is not None else None,
-            mpp=mpp,
-        )
+    def __init__(self, root: str | os.PathLike[str], split_seed: int = 0, **kwargs: Any) -> None:
+        options = {name: kwargs.pop(name) for name in SOURCE_OPTIONS if name in kwargs}
+        splits = options.get("splits")
+        if isinstance(splits, Mapping):  # a config mapping: plain names
+            options["splits"] = {str(key): [str(name) for name in (value or [])] for key, value in splits.items()}
+        source = FolderSource(root, seed=split_seed, **options)
         super().__init__(source=source, split_seed=split_seed, **kwargs)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ class TissueMask:
         return float(window.mean()) if window.size else 0.0
 
 
-class SlideRegionReader:
+class SlideRegionReader(AbstractContextManager["SlideRegionReader"]):
     """Read (h, w, 3) uint8 RGB rectangles of one pyramid level (``streaming.RegionReader``).
 
     Attributes:
@@ -149,14 +150,11 @@ class SlideRegionReader:
         """Close the slide this reader belongs to."""
         self._slide.close()
 
-    def __enter__(self) -> SlideRegionReader:
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class WholeSlide:
+class WholeSlide(AbstractContextManager["WholeSlide"]):
     """An open whole-slide image (see the module docstring).
 
     Args:
@@ -286,9 +284,6 @@ class WholeSlide:
     def close(self) -> None:
         """Release the file."""
         self._backend.close()
-
-    def __enter__(self) -> WholeSlide:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

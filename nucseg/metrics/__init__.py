@@ -23,27 +23,13 @@ from torchmetrics.classification import (
 from torchmetrics.functional.classification import binary_accuracy, binary_f1_score, binary_jaccard_index
 
 from nucseg.metrics.instance import InstanceMetrics, aggregate_instance_metrics, instance_metrics
-from nucseg.metrics.intervals import (
-    Interval,
-    PairedComparison,
-    bootstrap_mean,
-    bootstrap_pooled,
-    paired_comparison,
-    seed_interval,
-)
 
 __all__ = [
     "InstanceMetrics",
-    "Interval",
-    "PairedComparison",
     "PerImageMetrics",
     "aggregate_instance_metrics",
-    "bootstrap_mean",
-    "bootstrap_pooled",
     "build_pixel_metrics",
     "instance_metrics",
-    "paired_comparison",
-    "seed_interval",
 ]
 
 

@@ -163,17 +163,27 @@ class _Checker:
             self.report.add_change(change, path, f"{header.channels} channel(s), {header.dtype}")
         return header
 
-    def xml(self, path: Path, image_path: Path, header: ImageHeader | None) -> bool:
-        report = self.report
+    def _annotation_bytes(self, path: Path, xml: bool) -> bytes | None:
+        """The file's bytes, checksum recorded; None (problem reported) for a bad link or an empty file.
+
+        An XML file with only white space is empty; a label map only when it has 0 bytes.
+        """
         problem = _access_problem(path)
         if problem is not None:
-            report.add_problem(path, problem, "replace the link with the annotation file")
-            return False
+            self.report.add_problem(path, problem, f"replace the link with the {'annotation file' if xml else 'label map'}")
+            return None
         data = path.read_bytes()
-        if not data.strip():
-            report.add_problem(path, "empty annotation file", _FIX_COPY)
-            return False
+        if not (data.strip() if xml else data):
+            self.report.add_problem(path, "empty annotation file" if xml else "empty file (0 bytes)", _FIX_COPY)
+            return None
         self._record(path, data)
+        return data
+
+    def xml(self, path: Path, image_path: Path, header: ImageHeader | None) -> bool:
+        report = self.report
+        data = self._annotation_bytes(path, xml=True)
+        if data is None:
+            return False
         try:
             polygons = parse_aperio_xml(path)
         except AnnotationError as error:
@@ -216,16 +226,7 @@ class _Checker:
 
     def label_map(self, path: Path, image_path: Path, header: ImageHeader | None) -> bool:
         report = self.report
-        problem = _access_problem(path)
-        if problem is not None:
-            report.add_problem(path, problem, "replace the link with the label map")
-            return False
-        data = path.read_bytes()
-        if not data:
-            report.add_problem(path, "empty file (0 bytes)", _FIX_COPY)
-            return False
-        self._record(path, data)
-        if header is None:
+        if self._annotation_bytes(path, xml=False) is None or header is None:
             return False
         try:
             labels = read_label_map(path, (header.height, header.width))
