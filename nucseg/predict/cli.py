@@ -4,12 +4,13 @@ Inputs are files, folders (their PNG/JPEG/TIFF files; ``--recursive`` descends) 
 (quote them so the shell leaves them alone). Images may be RGB, RGBA (alpha is dropped),
 greyscale (replicated to RGB), 8 or 16 bit (16 bit is scaled by 255/65535); see
 ``nucseg.io.images``. Every image is stain-normalised with the reference fitted at training
-time (stored in the checkpoint), predicted by sliding window with the model's validation
-settings unless overridden here, and written to ``--output`` (names in
-``nucseg.predict.outputs``): ``<stem>_labels.tif`` (instances of the run's post-processing),
-``<stem>.geojson`` (QuPath detections with measurements), ``<stem>_nuclei.csv`` (one row per
-nucleus), ``<stem>_mask.png`` and ``<stem>_overlay.png`` (for images up to 4096 x 4096 pixels
-unless ``--png``/``--no-png``) and, with ``--probability``, ``<stem>_prob.tif``.
+time (stored in the checkpoint), predicted by sliding window with the run's test settings
+(``module.inference``, ``nucseg.inference.settings``) unless overridden here, and written to
+``--output`` (names in ``nucseg.predict.outputs``): ``<stem>_labels.tif`` (instances of the
+run's post-processing), ``<stem>.geojson`` (QuPath detections with measurements),
+``<stem>_nuclei.csv`` (one row per nucleus), ``<stem>_mask.png`` and ``<stem>_overlay.png`` (for
+images up to 4096 x 4096 pixels unless ``--png``/``--no-png``) and, with ``--probability``,
+``<stem>_prob.tif``.
 
 Pixel size. The input's pixel size comes from its metadata (OME-XML, Aperio ``MPP``, TIFF
 resolution tags; see ``nucseg.utils.resolution``) or ``--mpp``; the model's from the run
@@ -124,7 +125,7 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     window.add_argument("--batch-size", type=int, help="tiles per forward pass")
     window.add_argument("--blend", choices=BLEND_MODES)
     window.add_argument("--tta", choices=TTA_MODES)
-    _switch(window, "--amp", None, "autocast the network (fp16 on CUDA, bf16 on CPU); --no-amp: float32")
+    _switch(window, "--amp", None, "autocast the network (fp16 on CUDA, bf16 on CPU); --no-amp: float32, what tests score")
 
 
 def inference_from(args: argparse.Namespace, run: InferenceSettings) -> InferenceSettings:

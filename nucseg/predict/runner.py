@@ -135,7 +135,7 @@ def predict_file(
     progress: bool = False,
     overview_pixels: int = DEFAULT_OVERVIEW_PIXELS,
     mpp: float | None = None,
-    model_mpp: float | None = None,
+    model_mpp: float = DEFAULT_MODEL_MPP,
     png: bool | None = None,
     heads: Heads | None = None,
     offset: tuple[float, float] = (0.0, 0.0),
@@ -159,8 +159,8 @@ def predict_file(
         overview_pixels: Most pixels of the thumbnail a streamed image's stains are estimated on.
         mpp: The input's pixel size in µm (default: from the file's metadata; when it has none,
             a warning names the file and the model's pixel size is assumed).
-        model_mpp: The pixel size the model was trained at (default: ``DEFAULT_MODEL_MPP``;
-            a run's is ``nucseg.utils.resolution.model_pixel_size(run_config)``).
+        model_mpp: The pixel size the model was trained at (a run's:
+            ``nucseg.utils.resolution.model_pixel_size(run_config)``).
         png: Write the mask and overlay PNGs (default: for images up to ``PNG_MAX_PIXELS``;
             slides only when True).
         heads: Logits -> probabilities -> foreground (default: ``heads_of(predict_fn)``).
@@ -176,7 +176,6 @@ def predict_file(
     """
     path = Path(path)
     started = time.perf_counter()
-    model_mpp = DEFAULT_MODEL_MPP if model_mpp is None else model_mpp
     window = {key: value for key, value in (tiling or InferenceSettings()).kwargs().items() if key != "border_pad"}
     job = _Job(
         predict_fn,
