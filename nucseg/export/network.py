@@ -29,8 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from nucseg.inference.tiling import DEFAULT_TILE_MULTIPLE
-
 if TYPE_CHECKING:
     from nucseg.checkpoint import TrainedModel
 
@@ -166,6 +164,7 @@ def export_metadata(
 ) -> dict[str, Any]:
     """What a user of the exported file needs to feed it as training did."""
     import nucseg
+    from nucseg.inference.tiling import DEFAULT_TILE_MULTIPLE
 
     module, inference = model.module, model.inference
     stain = model.stain_normalizer.state_dict() if model.stain_normalizer is not None else None
