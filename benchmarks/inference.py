@@ -229,7 +229,7 @@ def peak_rss_bytes() -> int:
 def child_stream(tiff: str, out: str, stain_json: str) -> None:
     """Run in a fresh process: stream-predict ``tiff`` and print time, nuclei and peak RSS as JSON.
 
-    The stain reference is loaded from a state dict (as ``load_module`` does from a checkpoint),
+    The stain reference is loaded from a state dict (as ``load_model`` does from a checkpoint),
     not fitted here, so the peak reflects prediction alone.
     """
     import logging

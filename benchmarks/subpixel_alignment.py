@@ -21,14 +21,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy import ndimage
 
-from nucseg.checkpoint import load_module
+from nucseg.checkpoint import load_model
 
 
 def validation_probabilities(run: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Foreground probabilities and binary masks of the run's validation images."""
-    module = load_module(run)
-    datamodule = instantiate(OmegaConf.create(module.run_config).data)
-    datamodule.stain_normalizer = module.stain_normalizer or datamodule.stain_normalizer
+    model = load_model(run)
+    module = model.module
+    datamodule = instantiate(OmegaConf.create(model.run_config).data)
+    datamodule.stain_normalizer = model.stain_normalizer or datamodule.stain_normalizer
     datamodule.setup("fit")
     probabilities, masks = [], []
     with torch.no_grad():

@@ -25,34 +25,12 @@ import numpy as np
 import torch
 
 from nucseg.inference import sliding_window_predict
+from nucseg.inference.instances import PostprocessSettings
+from nucseg.inference.settings import InferenceSettings
 from nucseg.io.images import read_rgb_image, to_rgb_uint8
 
 if TYPE_CHECKING:
     import pandas as pd
-
-#: Microns per pixel of the data sets the project knows (MoNuSeg: 40x TCGA tiles, ~0.25 µm/px).
-KNOWN_RESOLUTIONS_MPP = {"MonusegDataModule": 0.25, "MonusegSource": 0.25}
-TILING_KEYS = ("tile_size", "overlap", "batch_size", "blend", "tta", "tile_multiple", "border_pad")
-DEFAULT_MIN_SIZE = 10
-
-
-def run_resolution_mpp(run_config: dict[str, Any] | None) -> float | None:
-    """The microns per pixel a run was trained at: ``data.mpp`` if set, else the data set's own.
-
-    ``None`` when unknown (synthetic data, or a folder source without ``mpp``).
-    """
-    data = (run_config or {}).get("data") or {}
-    if data.get("mpp") is not None:
-        return float(data["mpp"])
-    source = data.get("source") or {}
-    if isinstance(source, dict) and source.get("mpp") is not None:
-        return float(source["mpp"])
-    for target in (data.get("_target_"), source.get("_target_") if isinstance(source, dict) else None):
-        name = str(target or "").rsplit(".", 1)[-1]
-        if name in KNOWN_RESOLUTIONS_MPP:
-            return KNOWN_RESOLUTIONS_MPP[name]
-    return None
-
 
 @dataclass
 class Prediction:
@@ -79,8 +57,8 @@ class NucleusModel:
         module: the :class:`~nucseg.module.SegmentationModule`, in eval mode.
         stain_normalizer: the training stain reference (``None``: the run used none).
         mpp: microns per pixel the model was trained at (``None``: unknown).
-        tiling: ``sliding_window_predict`` settings (tile size, overlap, blending, TTA...).
-        threshold: probability at which a pixel is nucleus.
+        inference: sliding-window settings (tile size, overlap, blending, TTA...).
+        threshold: probability above which a pixel is nucleus.
         min_size: instances with fewer pixels are dropped.
         connectivity: 1 (4-connected) or 2 (8-connected) instances.
     """
@@ -88,19 +66,18 @@ class NucleusModel:
     def __init__(
         self,
         module: Any,
+        stain_normalizer: Any | None = None,
         mpp: float | None = None,
-        threshold: float | None = None,
-        min_size: int = DEFAULT_MIN_SIZE,
-        connectivity: int = 1,
-        tiling: dict[str, Any] | None = None,
+        inference: InferenceSettings | None = None,
+        threshold: float = PostprocessSettings.threshold,
+        min_size: int = PostprocessSettings.min_size,
+        connectivity: int = PostprocessSettings.connectivity,
     ) -> None:
         self.module = module
-        self.stain_normalizer = getattr(module, "stain_normalizer", None)
+        self.stain_normalizer = stain_normalizer
         self.mpp = mpp
-        inference = dict(getattr(module, "inference_kwargs", {}) or {})
-        self.tiling = {key: value for key, value in inference.items() if key in TILING_KEYS}
-        self.tiling.update(tiling or {})
-        self.threshold = float(threshold if threshold is not None else getattr(module, "threshold", 0.5))
+        self.inference = inference or InferenceSettings()
+        self.threshold = float(threshold)
         self.min_size = int(min_size)
         self.connectivity = int(connectivity)
 
@@ -108,7 +85,7 @@ class NucleusModel:
         name = getattr(self.module, "model_name", type(self.module).__name__)
         stain = type(self.stain_normalizer).__name__ if self.stain_normalizer is not None else None
         return (
-            f"NucleusModel({name}, mpp={self.mpp}, stain={stain}, tile={self.tiling.get('tile_size')}, "
+            f"NucleusModel({name}, mpp={self.mpp}, stain={stain}, tile={self.inference.tile_size}, "
             f"threshold={self.threshold})"
         )
 
@@ -132,7 +109,7 @@ class NucleusModel:
     def probability(self, normalized: np.ndarray, progress: bool = False) -> np.ndarray:
         """(H, W) float32 nucleus probability of a stain-normalised uint8 image."""
         tensor = torch.from_numpy(np.ascontiguousarray(normalized)).permute(2, 0, 1).float().div_(255.0)
-        logits = sliding_window_predict(tensor, self.module, progress=progress, **self.tiling)
+        logits = sliding_window_predict(tensor, self.module, progress=progress, **self.inference.kwargs())
         return torch.sigmoid(logits[0]).cpu().numpy().astype(np.float32)
 
     def instances(self, probability: np.ndarray) -> np.ndarray:
@@ -187,7 +164,10 @@ def load(
     run: str | os.PathLike[str],
     device: str | torch.device = "auto",
     mpp: float | None = None,
-    **settings: Any,
+    threshold: float | None = None,
+    min_size: int = PostprocessSettings.min_size,
+    connectivity: int = PostprocessSettings.connectivity,
+    **inference: Any,
 ) -> NucleusModel:
     """Load a trained run (its directory or a ``.ckpt``) for prediction.
 
@@ -195,16 +175,27 @@ def load(
         run: ``logs/runs/<run>`` or a checkpoint file.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
         mpp: the training resolution in microns per pixel, when the run did not record it.
-        **settings: :class:`NucleusModel` options: ``threshold``, ``min_size``,
-            ``connectivity``, ``tiling`` (a dict of sliding-window settings).
+        threshold: probability above which a pixel is nucleus (default: the run's).
+        min_size: instances with fewer pixels are dropped.
+        connectivity: 1 (4-connected) or 2 (8-connected) instances.
+        **inference: :class:`~nucseg.inference.settings.InferenceSettings` replacing the run's,
+            e.g. ``tta="d4"``.
 
     Raises:
         nucseg.checkpoint.CheckpointError: no checkpoint, or not one written by ``train.py``.
+        ValueError: an unknown inference setting.
     """
-    from nucseg.checkpoint import load_module
+    from nucseg.checkpoint import load_model
 
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = load_module(Path(run), map_location=torch.device(device))
-    resolution = mpp if mpp is not None else run_resolution_mpp(getattr(module, "run_config", None))
-    return NucleusModel(module, mpp=resolution, **settings)
+    model = load_model(Path(run), map_location=torch.device(device))
+    return NucleusModel(
+        model.module,
+        model.stain_normalizer,
+        mpp if mpp is not None else model.mpp,
+        model.inference.updated(inference),
+        model.threshold if threshold is None else threshold,
+        min_size,
+        connectivity,
+    )

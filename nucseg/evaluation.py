@@ -15,7 +15,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from nucseg.checkpoint import find_checkpoint, load_module
+from nucseg.checkpoint import find_checkpoint, load_model
 from nucseg.hardware import resolve_precision
 from nucseg.models import count_parameters
 from nucseg.pipeline import tune_postprocessing
@@ -83,10 +83,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = _default_output_dir(checkpoint_path)
     overrides = data_overrides(cfg.get("data")) + list(cfg.get("overrides") or [])
     split = str(cfg.get("split") or "test")
-    module = load_module(checkpoint_path, config_overrides=overrides)
-    run_config = OmegaConf.create(module.run_config)  # the stored config with the overrides merged
+    model = load_model(checkpoint_path, config_overrides=overrides)
+    module = model.module
+    run_config = OmegaConf.create(model.run_config)  # the stored config with the overrides merged
     datamodule = instantiate(run_config.data)
-    datamodule.stain_normalizer = module.stain_normalizer or datamodule.stain_normalizer
+    datamodule.stain_normalizer = model.stain_normalizer or datamodule.stain_normalizer
     if cfg.get("tune_postprocess"):
         datamodule.setup("fit")
     postprocess = tune_postprocessing(cfg, module, datamodule, best_path=None, write=False) or {

@@ -23,6 +23,7 @@ from torch import nn
 
 from nucseg.hardware import check_channels_last_on_cpu, resolve_channels_last
 from nucseg.inference import sliding_window_predict
+from nucseg.inference.settings import InferenceSettings
 from nucseg.losses import CompositeLoss
 from nucseg.metrics import PerImageMetrics, build_pixel_metrics
 from nucseg.postprocess.tuning import aggregate_scores, instance_scores
@@ -30,7 +31,6 @@ from nucseg.postprocess.watershed import default_params, postprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_INFERENCE = {"tile_size": 256, "overlap": 64, "batch_size": 8, "blend": "gaussian", "tta": "none"}
 TARGET_CHANNELS = {"binary": 1, "contour": 3, "distance": 2, "hv": 3}
 # Instance metrics logged at test end, pooled over images and as the mean of per-image values.
 LOGGED_INSTANCE_METRICS = ("aji", "aji_plus", "pq", "dq", "sq")
@@ -71,7 +71,8 @@ class SegmentationModule(L.LightningModule):
         optimizer: ``params -> Optimizer`` (a partial, e.g. from Hydra's ``_partial_: true``).
         scheduler: ``optimizer -> LRScheduler`` or ``None``; stepped per epoch.
         model_name: the name runs and tables use (``unet``, ``linknet34``...).
-        inference: sliding-window options for validation, test and prediction.
+        inference: sliding-window options for validation, test and prediction
+            (:class:`~nucseg.inference.settings.InferenceSettings` keys; the rest default).
         validation_inference: options that replace ``inference``'s during validation only, e.g.
             ``{"tta": "none"}``: validation picks the checkpoint and runs many times, so on a tight
             budget it is cheaper there; the test still uses ``inference``.
@@ -128,8 +129,8 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.model_name = model_name
-        self.inference_kwargs = {**DEFAULT_INFERENCE, **dict(inference or {})}
-        self.validation_inference_kwargs = {**self.inference_kwargs, **dict(validation_inference or {})}
+        self.inference_settings = InferenceSettings.from_mapping(inference)
+        self.validation_inference_settings = self.inference_settings.updated(validation_inference)
         self.threshold = threshold
         self.num_logged_images = num_logged_images
         self.target = target
@@ -144,8 +145,6 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_per_image = PerImageMetrics(threshold)
-        self.stain_normalizer: Any | None = None  # set by nucseg.checkpoint.load_module
-        self.run_config: dict[str, Any] | None = None  # written into checkpoints by the pipeline
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, H, W) for images (B, 3, H, W) in [0, 1]."""
@@ -156,7 +155,7 @@ class SegmentationModule(L.LightningModule):
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Whole-image logits by sliding windows, with this module's inference settings."""
-        return sliding_window_predict(images, self, **self.inference_kwargs)
+        return sliding_window_predict(images, self, **self.inference_settings.kwargs())
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) probabilities: sigmoid (binary), softmax over background / interior /
@@ -197,8 +196,8 @@ class SegmentationModule(L.LightningModule):
     def _evaluate_whole_images(self, batch: dict[str, Any], stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and probabilities (B, C, H, W) of whole images; logs the loss."""
         images = batch["image"]
-        options = self.validation_inference_kwargs if stage == "val" else self.inference_kwargs
-        logits = sliding_window_predict(images, self, **options)
+        options = self.validation_inference_settings if stage == "val" else self.inference_settings
+        logits = sliding_window_predict(images, self, **options.kwargs())
         loss = self.loss(logits, loss_target(batch))
         self.log(f"{stage}/loss", loss.total, on_step=False, on_epoch=True, batch_size=images.shape[0])
         for name, value in loss.terms.items():
@@ -305,7 +304,4 @@ class SegmentationModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nucseg"] = {"run_config": self.run_config, "model_name": self.model_name}
 

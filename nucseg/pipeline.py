@@ -120,6 +120,17 @@ def instantiate_loggers(logger_cfg: Any) -> list[Any]:
     return [instantiate(node) for node in logger_cfg.values() if node and "_target_" in node]
 
 
+class RunConfigInCheckpoints(L.Callback):
+    """Writes the resolved run config and model name into every checkpoint (under ``"nucseg"``):
+    what :func:`nucseg.checkpoint.load_model` rebuilds the model from, without Hydra."""
+
+    def __init__(self, run_config: dict[str, Any]) -> None:
+        self.run_config = run_config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nucseg"] = {"run_config": self.run_config, "model_name": pl_module.model_name}
+
+
 def _with_callback(callbacks: list[L.Callback], kind: type[CallbackT]) -> CallbackT:
     """The callback of ``kind`` in ``callbacks``, appended when the config has none."""
     found = next((c for c in callbacks if isinstance(c, kind)), None)
@@ -191,8 +202,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("resume")), run_dir, run_config)
     write_provenance(run_dir, run_config, data_check.checksums if data_check is not None else None)
     module = build_module(cfg)
-    module.run_config = run_config
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback]
+    callbacks.append(RunConfigInCheckpoints(run_config))
     speed = _with_callback(callbacks, TrainingSpeed)
     _with_callback(callbacks, NonFiniteLossGuard)
     _with_callback(callbacks, RandomStateCheckpoint)
@@ -245,13 +256,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "stain": {"fallbacks": getattr(datamodule.stain_normalizer, "fallback_count", 0)},
         "data_preparation_s": {key: round(value, 2) for key, value in datamodule.preparation_seconds.items()},
         "data_check": data_check.to_dict() if data_check is not None else None,
-        "config": module.run_config,
+        "config": run_config,
     }
     if not trainer.is_global_zero:  # under DDP every rank runs this function; one writes
         return metrics
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams(module.run_config), metrics=hparams_metrics(test_results))
+            logger.log_hyperparams(hparams(run_config), metrics=hparams_metrics(test_results))
             logger.finalize("success")
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     log.info("test: %s", test_results)

@@ -11,10 +11,19 @@ from helpers import DarknessNet, train_tiny_run
 from PIL import Image
 
 import nucseg
-from nucseg.api import NucleusModel, Prediction, run_resolution_mpp
-from nucseg.checkpoint import CheckpointError
+from nucseg.api import NucleusModel, Prediction
+from nucseg.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint_dict,
+    load_model,
+    run_resolution_mpp,
+)
+from nucseg.data.stain import stain_normalizer_from_state_dict
 from nucseg.data.synthetic import make_synthetic_image
 from nucseg.inference import sliding_window_predict
+from nucseg.inference.instances import postprocess_settings
+from nucseg.inference.settings import InferenceSettings
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,7 @@ def model(tiny_run: Path) -> NucleusModel:
 def test_load_carries_stain_reference_resolution_tiling_and_postprocessing(model: NucleusModel):
     assert model.stain_normalizer is not None and model.stain_normalizer.is_fitted
     assert model.mpp == 0.5
-    assert model.tiling["tile_size"] == 64 and model.tiling["overlap"] == 16
+    assert model.inference.tile_size == 64 and model.inference.overlap == 16
     assert model.threshold == 0.5 and model.min_size == 10
     assert "NucleusModel(unet" in repr(model) and model.device.type == "cpu"
 
@@ -47,13 +56,39 @@ def test_predict_applies_the_stain_reference_and_matches_the_hand_chained_steps(
     np.testing.assert_array_equal(result.image, image)
 
     # The six steps a user would otherwise chain by hand.
-    normalized = model.module.stain_normalizer.normalize(image, name="by hand")
+    normalized = model.stain_normalizer.normalize(image, name="by hand")
     tensor = torch.from_numpy(normalized).permute(2, 0, 1).float() / 255
-    logits = sliding_window_predict(tensor, model.module, **model.module.inference_kwargs)
+    logits = sliding_window_predict(tensor, model.module, **model.module.inference_settings.kwargs())
     expected = torch.sigmoid(logits[0]).numpy()
     np.testing.assert_allclose(result.probability, expected, atol=1e-6)
     unnormalized = model.predict(image, normalize_stain=False).probability
     assert np.abs(unnormalized - result.probability).max() > 1e-4, "the stain step must change the input"
+
+
+@pytest.mark.slow
+def test_load_model_bundles_the_fitted_stain_reference_and_the_run_settings(tiny_run: Path):
+    model = load_model(tiny_run)
+    assert model.checkpoint == find_checkpoint(tiny_run) and not model.module.training
+    stored = load_checkpoint_dict(tiny_run)
+    state = next(value["stain_normalizer"] for value in stored.values() if isinstance(value, dict) and "stain_normalizer" in value)
+    assert model.stain_normalizer.is_fitted
+    assert model.stain_normalizer.fingerprint() == stain_normalizer_from_state_dict(state).fingerprint()
+    assert model.run_config == stored["nucseg"]["run_config"]
+    assert model.inference == InferenceSettings.from_run_config(model.run_config) == model.module.inference_settings
+    assert (model.inference.tile_size, model.inference.overlap) == (64, 16)
+    assert model.postprocess == postprocess_settings(model.module.target, model.module.postprocess_params)
+    assert model.threshold == 0.5 and model.mpp == 0.25  # the synthetic data.mpp
+    assert not hasattr(model.module, "stain_normalizer") and not hasattr(model.module, "run_config")
+    overridden = load_model(tiny_run, config_overrides=["module.inference.tta=d4"])
+    assert overridden.inference.tta == "d4" and overridden.run_config["module"]["inference"]["tta"] == "d4"
+
+
+def test_inference_settings_defaults_and_unknown_keys():
+    assert InferenceSettings.from_run_config(None) == InferenceSettings() == InferenceSettings.from_mapping({})
+    assert InferenceSettings.from_mapping({"tile_size": [64, 96]}).tile_size == (64, 96)
+    assert InferenceSettings().updated({"tta": "d4"}).kwargs()["tta"] == "d4"
+    with pytest.raises(ValueError, match=r"unknown inference settings \['tile'\]"):
+        InferenceSettings.from_mapping({"tile": 64})
 
 
 def test_nuclei_table_has_one_row_per_instance():

@@ -381,18 +381,18 @@ def test_crops_from_runs_skips_a_broken_run(tmp_path: Path, caplog: pytest.LogCa
         return collect.RunRecord(path=tmp_path / name, name=name, status="finished", model=name, metrics={"test": {}},
                                  config={"data": {"name": "synthetic"}})
 
-    def load_module(run_dir: Path) -> Any:
+    def load_model(run_dir: Path) -> Any:
         if run_dir.name == "broken":
             raise FileNotFoundError(f"{run_dir}: no checkpoint")
-        return run_dir.name
+        return SimpleNamespace(module=run_dir.name, stain_normalizer=None, run_config={})
 
-    def predict(module: Any, image: np.ndarray) -> np.ndarray:
+    def predict(model: Any, image: np.ndarray) -> np.ndarray:
         return (image[..., 0] < 128).astype(np.uint8)
 
     caplog.set_level(logging.WARNING)
     crops = crops_from_runs(
         {"unet": make_run("unet"), "broken": make_run("broken"), "resunet": make_run("resunet")},
-        crop_size=48, num_images=2, load_module=load_module, load_test_images=lambda run, module: images, predict=predict,
+        crop_size=48, num_images=2, load_model=load_model, load_test_images=lambda run, model: images, predict=predict,
     )
     assert [crop.source for crop in crops] == ["test_0", "test_1"]
     assert all(set(crop.predictions) == {"unet", "resunet"} for crop in crops)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_api import train_tiny_run  # tests/ is on sys.path (pytest rootdir-relative import)
 
-from nucseg.checkpoint import load_module
+from nucseg.checkpoint import TrainedModel, load_model
 from nucseg.export.__main__ import main as export_main
 from nucseg.export.network import ExportError, export_network, module_logits, preprocessed_network
 from nucseg.losses import CompositeLoss
@@ -70,7 +70,7 @@ def test_torchscript_export_reproduces_the_module(tiny_run: Path, tmp_path: Path
     stain = metadata["stain_normalization"]
     assert stain["method"] == "macenko" and np.asarray(stain["HERef"]).shape == (3, 2) and len(stain["maxCRef"]) == 2
 
-    module = load_module(tiny_run)
+    module = load_model(tiny_run).module
     exported = torch.jit.load(str(tmp_path / "model.torchscript.pt"))
     image = _other_size_image()
     expected = module_logits(module, image)
@@ -96,23 +96,22 @@ def test_onnx_export_reproduces_the_module(tiny_run: Path, tmp_path: Path):
     image = _other_size_image(5)
     batch = np.stack([image, image[::-1].copy()]).transpose(0, 3, 1, 2).copy()
     logits = session.run(None, {"image": batch})[0]
-    module = load_module(tiny_run)
+    module = load_model(tiny_run).module
     for index in range(2):
         expected = module_logits(module, batch[index].transpose(1, 2, 0).copy())
         np.testing.assert_allclose(logits[index : index + 1], expected, atol=1e-4)
 
 
-def _untrained_module() -> SegmentationModule:
+def _untrained_model() -> TrainedModel:
     """A 4-wide U-Net module built directly (no training): enough to check the export mechanics."""
     net = build_model("unet", width=4, depth=3)
     module = SegmentationModule(net=net, loss=CompositeLoss({"bce": {}}), inference={"tile_size": 64, "overlap": 16})
-    module.run_config = {"data": {"mpp": 0.5}}
-    return module.eval()
+    return TrainedModel(module.eval(), inference=module.inference_settings, mpp=0.5)
 
 
 @pytest.mark.slow
 def test_torchscript_export_of_a_module_built_directly(tmp_path: Path):
-    result = export_network(tmp_path / "unused", "torchscript", tmp_path, module=_untrained_module())
+    result = export_network(tmp_path / "unused", "torchscript", tmp_path, model=_untrained_model())
     metadata = json.loads(result.metadata_path.read_text())
     assert result.max_abs_difference < 1e-5 and metadata["resolution_mpp"] == 0.5
     assert metadata["stain_normalization"] is None and metadata["verification"]["shape"] == [1, 3, 64, 64]
@@ -121,7 +120,7 @@ def test_torchscript_export_of_a_module_built_directly(tmp_path: Path):
 def test_onnx_without_its_extra_names_the_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ExportError, match=r"pip install 'nucseg\[export\]'"):
-        export_network(tmp_path / "unused", "onnx", tmp_path, module=_untrained_module())
+        export_network(tmp_path / "unused", "onnx", tmp_path, model=_untrained_model())
     assert not (tmp_path / "model.onnx").exists()
 
 

@@ -12,9 +12,12 @@ import pytest
 import tifffile
 from helpers import DarknessNet, nuclei_image  # tests/ is on sys.path (pytest rootdir-relative import)
 from PIL import Image
-from torch import nn
 
 import nucseg.predict.cli as predict_cli
+from nucseg.checkpoint import TrainedModel
+from nucseg.inference.settings import InferenceSettings
+from nucseg.inference.tiling import BLEND_MODES
+from nucseg.inference.tta import TTA_MODES
 from nucseg.predict.grid import OutputPaths
 from nucseg.predict.runner import predict_file
 
@@ -34,18 +37,11 @@ class CountingNormalizer:
 
 
 class FakeModule(DarknessNet):
-    """What ``load_module`` returns, minus Lightning: a net with inference settings and stains."""
+    """A net standing in for a trained run (``fake_model`` loads it with these settings and stains)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.inference_kwargs = {
-            "tile_size": 128,
-            "overlap": 32,
-            "batch_size": 4,
-            "blend": "gaussian",
-            "tta": "none",
-        }
-        self.threshold = 0.5
+        self.inference = InferenceSettings(tile_size=128, overlap=32, batch_size=4)
         self.stain_normalizer = CountingNormalizer()
 
 
@@ -54,9 +50,9 @@ def fake_model(monkeypatch: pytest.MonkeyPatch) -> FakeModule:
     module = FakeModule().eval()
     loaded: list[str] = []
 
-    def load(checkpoint: str, device: str) -> nn.Module:
+    def load(checkpoint: str, device: str) -> TrainedModel:
         loaded.append(checkpoint)
-        return module
+        return TrainedModel(module, inference=module.inference, stain_normalizer=module.stain_normalizer)
 
     monkeypatch.setattr(predict_cli, "_load", load)
     return module
@@ -148,7 +144,7 @@ def test_streaming_path_gives_the_same_outputs(
 ) -> None:
     image = image_folder / "tiled.tiff"
     module = fake_model
-    tiling = dict(module.inference_kwargs)
+    tiling = module.inference
     memory = predict_file(image, module, OutputPaths.for_image(tmp_path / "m", "x"), None, tiling)
     streamed = predict_file(
         image, module, OutputPaths.for_image(tmp_path / "s", "x"), None, tiling, stream_above=1000
@@ -178,6 +174,24 @@ def test_command_line_overrides_the_model_settings(
         == 0
     )
     assert {shape[-2:] for shape in seen} == {(64, 64)} and max(shape[0] for shape in seen) == 3
+
+
+def test_command_line_offers_the_settings_of_the_engine() -> None:
+    """Every sliding-window option is an ``InferenceSettings`` field; unset, the run's value stays."""
+    parser = predict_cli.build_parser()
+    args = parser.parse_args(["x.png", "-c", "run", "-o", "out"])
+    options = {action.dest: action for action in parser._actions}
+    assert set(predict_cli.INFERENCE_OPTIONS) <= {field for field in InferenceSettings.__dataclass_fields__}
+    assert all(options[key].default is None for key in predict_cli.INFERENCE_OPTIONS)  # the run's
+    assert tuple(options["blend"].choices) == BLEND_MODES and tuple(options["tta"].choices) == TTA_MODES
+    defaults = InferenceSettings()
+    assert defaults.blend in BLEND_MODES and defaults.tta in TTA_MODES
+    assert predict_cli.inference_from(args, defaults) == defaults
+    run = InferenceSettings(tile_size=128, tta="d4", amp=True)
+    assert predict_cli.inference_from(args, run) == run
+    given = parser.parse_args(["x.png", "-c", "r", "-o", "o", "--overlap", "0.25", "--tile-size", "64", "--no-amp"])
+    assert predict_cli.inference_from(given, run) == InferenceSettings(tile_size=64, overlap=0.25, tta="d4", amp=False)
+    assert isinstance(predict_cli.inference_from(parser.parse_args(["x", "-c", "r", "-o", "o", "--overlap", "48"]), run).overlap, int)
 
 
 def test_no_inputs_and_bad_model_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

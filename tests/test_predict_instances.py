@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -15,8 +13,9 @@ from nucseg.inference.instances import (
     canonical_labels,
     heads_of,
     instance_function,
-    settings_from_model,
+    postprocess_settings,
 )
+from nucseg.inference.settings import InferenceSettings
 
 
 def blob_probabilities(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -108,32 +107,25 @@ def test_threshold_and_min_size_are_the_runs_postprocess_rule() -> None:
 
 
 def test_settings_follow_the_module_and_the_command_line() -> None:
-    model = SimpleNamespace(
-        threshold=0.5,
-        target="contour",
-        postprocess_params={"threshold": 0.4, "marker_threshold": 0.6},
-        run_config={},
-    )
-    settings = settings_from_model(model, min_size=7)
+    params = {"threshold": 0.4, "marker_threshold": 0.6}
+    settings = postprocess_settings("contour", params, min_size=7)
     assert settings.target == "contour" and settings.threshold == 0.4 and settings.min_size == 7
     assert settings.params["marker_threshold"] == 0.6 and settings.params["min_size"] == 7
     assert instance_function(settings)(np.zeros((3, 5, 6), np.float32)).shape == (5, 6)
     with pytest.raises(ValueError, match="binary runs"):
-        settings_from_model(model, connectivity=2)
+        postprocess_settings("contour", params, connectivity=2)
 
 
-def test_old_runs_get_binary_settings_from_their_run_config() -> None:
-    settings = settings_from_model(SimpleNamespace(threshold=0.35, run_config={"module": {}}))
+def test_the_target_defaults_fill_what_the_run_leaves_out() -> None:
+    settings = postprocess_settings()
     assert (settings.target, settings.threshold, settings.min_size, settings.connectivity) == (
         "binary",
         0.5,
         0,
         1,
     )
-    from_config = settings_from_model(
-        SimpleNamespace(run_config={"module": {"target": "distance", "postprocess": {"h": 0.3}}})
-    )
-    assert from_config.target == "distance" and from_config.params["h"] == 0.3
+    distance = postprocess_settings("distance", {"h": 0.3})
+    assert distance.target == "distance" and distance.params["h"] == 0.3 and distance.min_size == 10
 
 
 def test_canonical_labels_numbers_in_raster_order() -> None:
@@ -193,7 +185,7 @@ def test_a_contour_run_predicts_in_memory_and_streamed_alike(tmp_path) -> None:
     path = tmp_path / "tile.tif"
     tifffile.imwrite(path, image)
     settings = PostprocessSettings(target="contour", params={"threshold": 0.5, "marker_threshold": 0.5, "min_size": 5})
-    tiling = {"tile_size": 64, "overlap": 16}
+    tiling = InferenceSettings(tile_size=64, overlap=16)
     counts = []
     for stream_above in (10**9, 1000):  # in memory, then streamed
         paths = OutputPaths.for_image(tmp_path / str(stream_above), "tile")

@@ -16,6 +16,8 @@ from PIL import Image
 from test_slide import write_subifd_pyramid, write_svs_like  # tests/ is on sys.path
 
 import nucseg.predict.cli as predict_cli
+from nucseg.checkpoint import TrainedModel
+from nucseg.inference.settings import InferenceSettings
 from nucseg.inference.streaming import ArrayRegionReader, stream_logits
 from nucseg.predict.runner import background_logits, is_slide
 
@@ -43,15 +45,14 @@ def slide_levels() -> list[np.ndarray]:
 
 
 class SlideModel(DarknessNet):
-    """What ``load_module`` returns, minus Lightning: trained at 0.5 µm/px, counts the tiles it sees."""
+    """A network that counts the tiles it sees (``model`` loads it as a run trained at 0.5 µm/px,
+    with ``stain_normalizer`` as its stain reference)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv.padding_mode = "replicate"  # no dark frame from zero padding at the slide's edges
-        self.inference_kwargs = {"tile_size": 64, "overlap": 16, "batch_size": 8, "blend": "gaussian"}
-        self.run_config = {"data": {"mpp": 0.5}}
-        self.stain_normalizer = None
         self.tiles_seen = 0
+        self.stain_normalizer = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.tiles_seen += images.shape[0]
@@ -61,7 +62,12 @@ class SlideModel(DarknessNet):
 @pytest.fixture
 def model(monkeypatch: pytest.MonkeyPatch) -> SlideModel:
     module = SlideModel().eval()
-    monkeypatch.setattr(predict_cli, "_load", lambda checkpoint, device: module)
+
+    def load(checkpoint: str, device: str) -> TrainedModel:
+        settings = InferenceSettings(tile_size=64, overlap=16)
+        return TrainedModel(module, {"data": {"mpp": 0.5}}, inference=settings, stain_normalizer=module.stain_normalizer)
+
+    monkeypatch.setattr(predict_cli, "_load", load)
     return module
 
 
@@ -239,10 +245,6 @@ def test_skipped_blocks_are_not_read_or_predicted_and_give_background() -> None:
 
 
 def test_background_logits_follow_the_target() -> None:
-    class Stub:
-        def __init__(self, target: str | None) -> None:
-            self.target = target
-
-    assert background_logits(Stub(None)) == (-20.0,)
-    assert background_logits(Stub("contour")) == (20.0, -20.0, -20.0)
-    assert background_logits(Stub("distance")) == (-20.0, -20.0)
+    assert background_logits("binary") == (-20.0,)
+    assert background_logits("contour") == (20.0, -20.0, -20.0)
+    assert background_logits("distance") == (-20.0, -20.0)

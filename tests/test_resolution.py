@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from nucseg.inference.settings import InferenceSettings
 from nucseg.inference.streaming import (
     ArrayRegionReader,
     ResampledRegionReader,
@@ -22,8 +23,8 @@ from nucseg.inference.streaming import (
     nearest_indices,
     resample_region,
 )
-from nucseg.predict.grid import OutputPaths
-from nucseg.predict.runner import predict_file, work_grid
+from nucseg.predict.grid import OutputPaths, work_grid
+from nucseg.predict.runner import predict_file
 from nucseg.utils.resolution import (
     DEFAULT_MODEL_MPP,
     model_pixel_size,
@@ -134,7 +135,6 @@ class ScaleBoundNet(nn.Module):
         self.radius = radius
         self.register_buffer("erode", self._disk(radius))
         self.register_buffer("dilate", self._disk(radius + 2))
-        self.run_config = {"data": {"mpp": 0.25}}
 
     @staticmethod
     def _disk(radius: int) -> torch.Tensor:
@@ -186,7 +186,7 @@ def test_20x_image_is_predicted_at_the_model_scale_and_mapped_back(tmp_path: Pat
     image, truth = twenty_x_image()
     tiff = tmp_path / "slide20x.tif"
     tifffile.imwrite(tiff, image, photometric="rgb", **tiff_resolution(0.5))
-    tiling = {"tile_size": 128, "overlap": 32, "batch_size": 4}
+    tiling = InferenceSettings(tile_size=128, overlap=32, batch_size=4)
     model = ScaleBoundNet().eval()
     result = predict_file(tiff, model, OutputPaths.for_image(tmp_path / "out", "s"), None, tiling)
     assert result.resampled and result.mpp == pytest.approx(0.5) and result.model_mpp == 0.25
@@ -224,7 +224,7 @@ def test_streamed_resampled_prediction_equals_in_memory(tmp_path: Path) -> None:
     image, _ = twenty_x_image(200, seed=2)
     tiff = tmp_path / "x.tif"
     tifffile.imwrite(tiff, image, photometric="rgb", tile=(64, 64), **tiff_resolution(0.5))
-    tiling = {"tile_size": 128, "overlap": 32, "batch_size": 4}
+    tiling = InferenceSettings(tile_size=128, overlap=32, batch_size=4)
     model = ScaleBoundNet().eval()
     memory = predict_file(
         tiff, model, OutputPaths.for_image(tmp_path / "m", "x", probability=True), None, tiling

@@ -65,7 +65,7 @@ def test_a_tiny_run_and_its_evaluation_write_the_schema(compose_train, tmp_path)
     assert list((run_dir / "csv").rglob("metrics.csv")) and list((run_dir / "tensorboard").glob("events.*"))
     curves = read_epoch_curves(run_dir)
     assert set(curves["val/dice"]) == {0} and set(curves["train/loss"]) == {0}
-    # example crops: the checkpoint through load_module, test images with the checkpoint's data config
+    # example crops: the checkpoint through load_model, test images with the checkpoint's data config
     from nucseg.compare.collect import load_run
     from nucseg.compare.examples import crops_from_runs
 

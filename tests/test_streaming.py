@@ -20,6 +20,7 @@ from scipy import ndimage
 from nucseg.data.stain import MacenkoStainNormalizer, stain_normalizer_from_state_dict
 from nucseg.inference import sliding_window_predict
 from nucseg.inference.instances import PostprocessSettings, heads_of, sigmoid
+from nucseg.inference.settings import InferenceSettings
 from nucseg.inference.streaming import fixed_stain_transform, stream_logits
 from nucseg.io.images import ImageReadError, read_rgb_image
 from nucseg.io.overview import overview_stride, read_overview
@@ -266,7 +267,7 @@ def test_predict_file_estimates_stains_once_per_streamed_image(stain_reference: 
         return apply(region, estimate)
 
     normalizer.estimate_source, normalizer.apply = spy_estimate, spy_apply  # type: ignore[method-assign]
-    tiling = {"tile_size": 64, "overlap": 16, "batch_size": 8}
+    tiling = InferenceSettings(tile_size=64, overlap=16)
     result = predict_file(
         tiff,
         DarknessNet(),
@@ -380,6 +381,7 @@ def test_10k_tiff_is_predicted_with_bounded_memory(tmp_path: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from helpers import DarknessNet, nuclei_image
         from nucseg.inference.instances import PostprocessSettings
+        from nucseg.inference.settings import InferenceSettings
         from nucseg.predict import OutputPaths
         from nucseg.predict import predict_file
 
@@ -393,7 +395,7 @@ def test_10k_tiff_is_predicted_with_bounded_memory(tmp_path: Path) -> None:
                          photometric="rgb", compression="zlib")
         del periodic
         paths = OutputPaths.for_image({str(tmp_path / "out")!r}, "big")
-        result = predict_file(path, DarknessNet(), paths, tiling={{"tile_size": 256, "overlap": 64, "batch_size": 8}},
+        result = predict_file(path, DarknessNet(), paths, tiling=InferenceSettings(tile_size=256, overlap=64),
                               settings=PostprocessSettings(min_size=5), stream_above=4096 * 4096)
         # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would include pytest's own size
         peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))

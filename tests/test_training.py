@@ -12,7 +12,7 @@ import torch
 from helpers import REPO_ROOT, TINY_OVERRIDES
 from hydra.utils import instantiate
 
-from nucseg.checkpoint import CheckpointError, load_module
+from nucseg.checkpoint import CheckpointError, load_checkpoint_dict, load_model
 from nucseg.pipeline import train
 
 MODELS = ["unet", "resunet", "linknet34"]
@@ -45,21 +45,26 @@ def test_a_short_run_learns_and_its_checkpoint_predicts_like_the_test(compose_tr
     assert written["params"] > 0 and written["train_patches_per_s"] > 0
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 
-    module = load_module(run_dir)
+    stored = load_checkpoint_dict(run_dir)
+    assert set(stored["nucseg"]) == {"run_config", "model_name"} and stored["nucseg"]["model_name"] == "unet"
+    assert stored["nucseg"]["run_config"]["data"] == metrics["config"]["data"]
+    assert not any("RunConfig" in key for key in stored.get("callbacks", {}))  # nothing else stored
+    model = load_model(run_dir)
+    module = model.module
     assert not module.training
-    assert module.stain_normalizer is not None and module.stain_normalizer.is_fitted
+    assert model.stain_normalizer is not None and model.stain_normalizer.is_fitted
     images = torch.rand(1, 3, 96, 96)
     logits = module.predict_logits(images)
     assert logits.shape == (1, 1, 96, 96) and torch.isfinite(logits).all()
 
 
-def test_load_module_names_the_problem(tmp_path):
+def test_load_model_names_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoints/best.ckpt"):
-        load_module(tmp_path)
+        load_model(tmp_path)
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="broken.ckpt: cannot read checkpoint"):
-        load_module(broken)
+        load_model(broken)
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -147,7 +152,9 @@ def test_a_checkpoint_without_target_keys_loads_as_binary(tmp_path):
     module = SegmentationModule(build_model("unet", width=4, depth=2), CompositeLoss({"bce": {}}))
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": module.state_dict(), "nucseg": {"run_config": _binary_run_config_of_today()}}, path)
-    loaded = load_module(path)
+    model = load_model(path)
+    assert model.stain_normalizer is None and model.postprocess.target == "binary"
+    loaded = model.module
     assert loaded.target == "binary" and loaded.postprocess_params["threshold"] == 0.5
     images = torch.rand(1, 3, 32, 32)
     logits = loaded.predict_logits(images)

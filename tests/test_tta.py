@@ -86,4 +86,4 @@ def test_validation_can_skip_the_tta_the_test_keeps() -> None:
     assert net.images_seen == 1
     module._evaluate_whole_images(batch, "test")
     assert net.images_seen == 1 + 4
-    assert module.validation_inference_kwargs["tile_size"] == 32  # the other keys are inherited
+    assert module.validation_inference_settings.tile_size == 32  # the other keys are inherited

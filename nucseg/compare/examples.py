@@ -1,7 +1,7 @@
 """Example segmentations: input | ground truth | each model's prediction on fixed test crops.
 
 The figure part works on plain arrays so it can be tested and reused without models. The part
-that makes the crops loads each run's checkpoint with :func:`nucseg.checkpoint.load_module` and
+that makes the crops loads each run's checkpoint with :func:`nucseg.checkpoint.load_model` and
 its test images with the stain reference stored in that checkpoint; a run whose model or data
 cannot be loaded loses its column with a warning instead of stopping the comparison.
 """
@@ -160,7 +160,7 @@ def choose_crop(labels: np.ndarray, size: int) -> tuple[int, int]:
 
 
 # Hooks for the project APIs; tests replace them with fakes.
-ModuleLoader = Callable[[Path], Any]
+ModelLoader = Callable[[Path], Any]
 ImageLoader = Callable[[RunRecord, Any], Sequence[Any]]
 Predictor = Callable[[Any, np.ndarray], np.ndarray]
 
@@ -169,7 +169,7 @@ def crops_from_runs(
     runs_by_label: Mapping[str, RunRecord],
     crop_size: int = 256,
     num_images: int = 3,
-    load_module: ModuleLoader | None = None,
+    load_model: ModelLoader | None = None,
     load_test_images: ImageLoader | None = None,
     predict: Predictor | None = None,
 ) -> list[ExampleCrop]:
@@ -184,15 +184,16 @@ def crops_from_runs(
         runs_by_label: column title -> a finished run.
         crop_size: side of the square crops in pixels.
         num_images: how many test images (first by name) give a crop each.
-        load_module: run dir -> module; default :func:`nucseg.checkpoint.load_module`.
-        load_test_images: (run, its module) -> list of ``AnnotatedImage``; default the run's data
-            config with the module's fitted stain normaliser (the training split is not read).
-        predict: (module, HxWx3 uint8 image) -> HxW mask; default sliding-window inference.
+        load_model: run dir -> loaded model; default :func:`nucseg.checkpoint.load_model`
+            (a :class:`~nucseg.checkpoint.TrainedModel`, moved to the GPU when there is one).
+        load_test_images: (run, its model) -> list of ``AnnotatedImage``; default the run's data
+            config with the model's fitted stain normaliser (the training split is not read).
+        predict: (model, HxWx3 uint8 image) -> HxW mask; default sliding-window inference.
 
     Returns:
         The crops with a prediction per column that worked; empty when no run could be used.
     """
-    load_module = load_module or _default_load_module
+    load_model = load_model or _default_load_model
     load_test_images = load_test_images or _default_test_images
     predict = predict or _default_predict
 
@@ -201,11 +202,11 @@ def crops_from_runs(
     images_cache: dict[str, dict[str, Any] | Exception] = {}
     for label, run in runs_by_label.items():
         try:
-            module = load_module(run.path)
-            cache_key = _data_key(run, module)
+            model = load_model(run.path)
+            cache_key = _data_key(run, model)
             if cache_key not in images_cache:
                 try:
-                    images_cache[cache_key] = {image.name: image for image in load_test_images(run, module)}
+                    images_cache[cache_key] = {image.name: image for image in load_test_images(run, model)}
                 except Exception as exc:
                     images_cache[cache_key] = exc
             images = images_cache[cache_key]
@@ -217,7 +218,7 @@ def crops_from_runs(
                 if crop.source not in images:
                     raise KeyError(f"test image {crop.source!r} not in this run's test set")
                 y, x = crop.origin
-                mask = np.asarray(predict(module, images[crop.source].image))
+                mask = np.asarray(predict(model, images[crop.source].image))
                 crop.predictions[label] = mask[y : y + crop.image.shape[0], x : x + crop.image.shape[1]]
         except Exception as exc:  # one broken run must not cost the other columns
             reason = (str(exc).strip().splitlines() or [""])[0]
@@ -247,22 +248,22 @@ def _make_crops(images: Mapping[str, Any], size: int, num_images: int) -> list[E
     return crops
 
 
-def _data_key(run: RunRecord, module: Any) -> str:
+def _data_key(run: RunRecord, model: Any) -> str:
     """Identifies the run's data config and stain reference, so runs of one sweep load the data once."""
     import json
 
-    normalizer = getattr(module, "stain_normalizer", None)
+    normalizer = model.stain_normalizer
     stain = normalizer.fingerprint() if normalizer is not None and hasattr(normalizer, "fingerprint") else None
-    return json.dumps([_data_config(run, module), stain], sort_keys=True, default=str)
+    return json.dumps([_data_config(run, model), stain], sort_keys=True, default=str)
 
 
-def _data_config(run: RunRecord, module: Any) -> Any:
+def _data_config(run: RunRecord, model: Any) -> Any:
     """The run's resolved data config: the checkpoint's, else metrics.json's, else the Hydra config.
 
     Resolved copies come first because ``.hydra/config.yaml`` may contain interpolations that
     only resolve inside the Hydra app (the last one keeps its root for ``${paths...}``).
     """
-    for resolved in (getattr(module, "run_config", None), (run.metrics or {}).get("config")):
+    for resolved in (model.run_config, (run.metrics or {}).get("config")):
         if isinstance(resolved, Mapping) and resolved.get("data"):
             return resolved["data"]
     if "data" in run.config:
@@ -270,40 +271,39 @@ def _data_config(run: RunRecord, module: Any) -> Any:
     raise ValueError("no data config in the checkpoint, metrics.json or .hydra/config.yaml")
 
 
-def _default_test_images(run: RunRecord, module: Any) -> Sequence[Any]:
+def _default_test_images(run: RunRecord, model: Any) -> Sequence[Any]:
     """The run's test images, normalised with the stain reference stored in its checkpoint."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    data = _data_config(run, module)
+    data = _data_config(run, model)
     data_cfg = OmegaConf.create(run.config).data if data is run.config.get("data") else OmegaConf.create(data)
     if "_target_" not in data_cfg:
         raise ValueError("the data config has no _target_ to instantiate")
     datamodule = instantiate(data_cfg)
-    if getattr(module, "stain_normalizer", None) is not None:
-        datamodule.stain_normalizer = module.stain_normalizer  # fitted: setup does not read the training split
+    if model.stain_normalizer is not None:
+        datamodule.stain_normalizer = model.stain_normalizer  # fitted: setup does not read the training split
     datamodule.setup("test")
     return list(datamodule.test_images)
 
 
-def _default_load_module(run_dir: Path) -> Any:
-    """Load the run's best checkpoint with :func:`nucseg.checkpoint.load_module`."""
+def _default_load_model(run_dir: Path) -> Any:
+    """Load the run's best checkpoint with :func:`nucseg.checkpoint.load_model`, on the GPU if any."""
     import torch
 
-    from nucseg.checkpoint import load_module
+    from nucseg.checkpoint import load_model
 
-    module = load_module(run_dir)
-    return module.to("cuda") if torch.cuda.is_available() else module
+    return load_model(run_dir, map_location="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _default_predict(module: Any, image: np.ndarray) -> np.ndarray:
+def _default_predict(model: Any, image: np.ndarray) -> np.ndarray:
     """Sliding-window logits of the whole image with the run's inference settings, > 0."""
     import torch
 
     from nucseg.inference import sliding_window_predict
 
-    device = next(module.parameters()).device
+    device = next(model.module.parameters()).device
     batch = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0).to(device)
     with torch.inference_mode():
-        logits = sliding_window_predict(batch, module, **dict(module.inference_kwargs))
+        logits = sliding_window_predict(batch, model.module, **model.inference.kwargs())
     return (logits[0, 0] > 0).cpu().numpy().astype(np.uint8)

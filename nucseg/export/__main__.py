@@ -38,16 +38,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the export; return the exit status (module docstring)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from nucseg.checkpoint import CheckpointError, load_module
+    from nucseg.checkpoint import CheckpointError, load_model
 
     try:
-        module = load_module(args.run, map_location="cpu")
+        model = load_model(args.run, map_location="cpu")
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         result = export_network(
-            args.run, args.format, args.output, args.image, args.tolerance, args.mpp, module=module
+            args.run, args.format, args.output, args.image, args.tolerance, args.mpp, model=model
         )
     except ExportError as error:
         print(f"error: {args.run}: {error}", file=sys.stderr)

@@ -23,11 +23,14 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from nucseg.checkpoint import TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,10 @@ def preprocessed_network(module: Any) -> PreprocessedNetwork:
     return PreprocessedNetwork(net, module.image_mean.cpu(), module.image_std.cpu()).eval()
 
 
-def verification_image(module: Any, size: int, image_path: str | os.PathLike[str] | None = None) -> np.ndarray:
-    """A (size, size, 3) uint8 image as the network would see it (stain-normalised).
+def verification_image(
+    stain_normalizer: Any | None, size: int, image_path: str | os.PathLike[str] | None = None
+) -> np.ndarray:
+    """A (size, size, 3) uint8 image as the network would see it (normalised to the run's stains).
 
     ``image_path``: a crop of this image (top-left corner, shrunk to a multiple of 32 if it is
     smaller); without it, a synthetic H&E tile (``nucseg.data.synthetic``).
@@ -100,8 +105,7 @@ def verification_image(module: Any, size: int, image_path: str | os.PathLike[str
         from nucseg.data.synthetic import make_synthetic_image
 
         image = make_synthetic_image(seed=2024, size=size).image
-    normalizer = getattr(module, "stain_normalizer", None)
-    return normalizer.normalize(image, name="verification") if normalizer is not None else image
+    return stain_normalizer.normalize(image, name="verification") if stain_normalizer is not None else image
 
 
 def module_logits(module: Any, image: np.ndarray) -> np.ndarray:
@@ -155,19 +159,20 @@ def run_exported(exported: Any, images: np.ndarray) -> np.ndarray:
         return exported(torch.from_numpy(images)).float().numpy()
 
 
-def export_metadata(module: Any, fmt: str, model_file: str, mpp: float | None, output_channels: int) -> dict[str, Any]:
+def export_metadata(
+    model: TrainedModel, fmt: str, model_file: str, mpp: float | None, output_channels: int
+) -> dict[str, Any]:
     """What a user of the exported file needs to feed it as training did."""
     import nucseg
+    from nucseg.inference.tiling import DEFAULT_TILE_MULTIPLE
 
-    inference = dict(getattr(module, "inference_kwargs", {}) or {})
-    normalizer = getattr(module, "stain_normalizer", None)
-    stain = normalizer.state_dict() if normalizer is not None else None
-    config = getattr(module, "run_config", None) or {}
-    target = (config.get("module") or {}).get("target", "binary nucleus mask")
+    module, inference = model.module, model.inference
+    stain = model.stain_normalizer.state_dict() if model.stain_normalizer is not None else None
+    target = (model.run_config.get("module") or {}).get("target", "binary nucleus mask")
     return {
         "format": fmt,
         "model_file": model_file,
-        "model_name": getattr(module, "model_name", None),
+        "model_name": module.model_name,
         "input": {
             "layout": "NCHW",
             "channels": "RGB",
@@ -187,13 +192,13 @@ def export_metadata(module: Any, fmt: str, model_file: str, mpp: float | None, o
         },
         "resolution_mpp": mpp,
         "tiling": {
-            "tile_size": inference.get("tile_size"),
-            "tile_multiple": inference.get("tile_multiple", 32),
-            "overlap": inference.get("overlap"),
-            "blend": inference.get("blend"),
-            "tta": inference.get("tta"),
+            "tile_size": inference.tile_size,
+            "tile_multiple": inference.tile_multiple or DEFAULT_TILE_MULTIPLE,
+            "overlap": inference.overlap,
+            "blend": inference.blend,
+            "tta": inference.tta,
         },
-        "threshold": float(getattr(module, "threshold", 0.5)),
+        "threshold": model.threshold,
         "stain_normalization": stain,
         "versions": {"nucseg": nucseg.__version__, "torch": torch.__version__},
     }
@@ -206,19 +211,19 @@ def export_network(
     image_path: str | os.PathLike[str] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     mpp: float | None = None,
-    module: Any | None = None,
+    model: TrainedModel | None = None,
 ) -> ExportResult:
     """Export the network of ``run`` and check it against the module.
 
     Args:
-        run: a run directory or ``.ckpt`` (loaded with ``nucseg.checkpoint.load_module``).
+        run: a run directory or ``.ckpt`` (loaded with ``nucseg.checkpoint.load_model``).
         fmt: ``torchscript`` or ``onnx``.
         output_dir: where ``model.torchscript.pt`` / ``model.onnx`` and its ``.json`` go
             (default: ``<run>/export``, or ``export`` beside a ``.ckpt``).
         image_path: the verification image (default: a synthetic tile of the model's tile size).
         tolerance: largest accepted absolute logit difference to the module.
         mpp: the training resolution, when the run did not record it.
-        module: an already loaded module (skips loading ``run``).
+        model: the run already loaded (skips loading ``run``).
 
     Returns:
         The written paths and the measured difference.
@@ -230,12 +235,12 @@ def export_network(
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}'; choose one of {FORMATS}")
-    from nucseg.api import run_resolution_mpp
-    from nucseg.checkpoint import load_module
+    from nucseg.checkpoint import load_model
 
     run = Path(run)
-    if module is None:
-        module = load_module(run, map_location="cpu")
+    if model is None:
+        model = load_model(run, map_location="cpu")
+    module = model.module
     if output_dir is None:
         output_dir = (run if run.is_dir() else run.parent) / "export"
     output_dir = Path(output_dir)
@@ -243,9 +248,9 @@ def export_network(
     model_path = output_dir / FILE_NAMES[fmt]
     metadata_path = model_path.with_suffix(".json") if fmt == "onnx" else output_dir / "model.torchscript.json"
 
-    tile = module.inference_kwargs.get("tile_size", 256)
+    tile = model.inference.tile_size
     size = int(tile if isinstance(tile, int) else max(tile))
-    image = verification_image(module, size, image_path)
+    image = verification_image(model.stain_normalizer, size, image_path)
     batch = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
     network = preprocessed_network(module)
     try:
@@ -269,10 +274,7 @@ def export_network(
         raise ExportError(
             f"{fmt} export differs from the module by {difference:.3g} (> tolerance {tolerance:g}); not kept"
         )
-    metadata = export_metadata(
-        module, fmt, model_path.name, mpp if mpp is not None else run_resolution_mpp(module.run_config),
-        int(reference.shape[1]),
-    )
+    metadata = export_metadata(model, fmt, model_path.name, mpp if mpp is not None else model.mpp, int(reference.shape[1]))
     metadata["verification"] = {
         "image": str(image_path) if image_path is not None else "synthetic H&E tile (seed 2024)",
         "shape": list(batch.shape),

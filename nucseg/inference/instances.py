@@ -126,27 +126,27 @@ def heads_of(model: Any) -> Heads:
     return Heads(probabilities, foreground)
 
 
-def settings_from_model(
-    model: Any,
+def postprocess_settings(
+    target: str = "binary",
+    params: Mapping[str, Any] | None = None,
     threshold: float | None = None,
     min_size: int | None = None,
     connectivity: int | None = None,
     **overrides: Any,
 ) -> PostprocessSettings:
-    """The run's post-processing settings, with command-line values replacing the run's.
+    """A run's post-processing settings, with command-line values replacing the run's.
 
-    The target and parameters are the module's ``target`` and ``postprocess_params`` (what its
-    test used), else the run config's ``module.target``/``module.postprocess``, else binary with
-    the target's defaults (runs from before target-aware post-processing).
+    Args:
+        target: the run's target (``SegmentationModule.target``).
+        params: the parameters its test used (``SegmentationModule.postprocess_params``); the
+            target's defaults fill what they leave out.
+        threshold, min_size, connectivity: replace the run's values when given.
+        **overrides: other :class:`PostprocessSettings` fields (``max_object_rows``...).
 
     Raises:
         ValueError: ``connectivity`` for a run whose target is not binary.
     """
-    config = getattr(model, "run_config", None) or {}
-    module_config = config.get("module") or {}
-    target = str(getattr(model, "target", None) or module_config.get("target") or "binary")
-    run_params = getattr(model, "postprocess_params", None) or module_config.get("postprocess") or {}
-    params = {**default_params(target), **dict(run_params)}
+    params = {**default_params(target), **dict(params or {})}
     if threshold is not None:
         params["threshold"] = float(threshold)
     if min_size is not None:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nucseg.inference.settings import InferenceSettings
 from nucseg.inference.tiling import (
     BLEND_MODES,
     DEFAULT_TILE_MULTIPLE,
@@ -51,6 +52,8 @@ from nucseg.inference.tiling import (
     tile_starts,
 )
 from nucseg.inference.tta import tta_forward
+
+DEFAULTS = InferenceSettings()
 
 __all__ = [
     "BLEND_MODES",
@@ -68,18 +71,21 @@ __all__ = [
 def sliding_window_predict(
     images: torch.Tensor,
     predict_fn: Callable[[torch.Tensor], torch.Tensor],
-    tile_size: int | tuple[int, int] = 256,
-    overlap: int | float = 64,
-    batch_size: int = 8,
-    blend: str = "gaussian",
-    tta: str = "none",
+    tile_size: int | tuple[int, int] = DEFAULTS.tile_size,
+    overlap: int | float = DEFAULTS.overlap,
+    batch_size: int = DEFAULTS.batch_size,
+    blend: str = DEFAULTS.blend,
+    tta: str = DEFAULTS.tta,
     pad_mode: str = "reflect",
-    amp: bool = False,
+    amp: bool = DEFAULTS.amp,
     progress: bool = False,
-    tile_multiple: int | None = None,
-    border_pad: int = 0,
+    tile_multiple: int | None = DEFAULTS.tile_multiple,
+    border_pad: int = DEFAULTS.border_pad,
 ) -> torch.Tensor:
     """Predict ``images`` tile by tile and blend the tiles into full-size logits.
+
+    The defaults are :class:`~nucseg.inference.settings.InferenceSettings`'s; a run passes its own
+    (``**settings.kwargs()``).
 
     Args:
         images: (B, 3, H, W) or (3, H, W) float images in [0, 1] on any device.

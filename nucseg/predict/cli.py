@@ -4,12 +4,13 @@ Inputs are files, folders (their PNG/JPEG/TIFF files; ``--recursive`` descends) 
 (quote them so the shell leaves them alone). Images may be RGB, RGBA (alpha is dropped),
 greyscale (replicated to RGB), 8 or 16 bit (16 bit is scaled by 255/65535); see
 ``nucseg.io.images``. Every image is stain-normalised with the reference fitted at training
-time (stored in the checkpoint), predicted by sliding window with the model's validation
-settings unless overridden here, and written to ``--output`` (names in
-``nucseg.predict.outputs``): ``<stem>_labels.tif`` (instances of the run's post-processing),
-``<stem>.geojson`` (QuPath detections with measurements), ``<stem>_nuclei.csv`` (one row per
-nucleus), ``<stem>_mask.png`` and ``<stem>_overlay.png`` (for images up to 4096 x 4096 pixels
-unless ``--png``/``--no-png``) and, with ``--probability``, ``<stem>_prob.tif``.
+time (stored in the checkpoint), predicted by sliding window with the run's test settings
+(``module.inference``, ``nucseg.inference.settings``) unless overridden here, and written to
+``--output`` (names in ``nucseg.predict.outputs``): ``<stem>_labels.tif`` (instances of the
+run's post-processing), ``<stem>.geojson`` (QuPath detections with measurements),
+``<stem>_nuclei.csv`` (one row per nucleus), ``<stem>_mask.png`` and ``<stem>_overlay.png`` (for
+images up to 4096 x 4096 pixels unless ``--png``/``--no-png``) and, with ``--probability``,
+``<stem>_prob.tif``.
 
 Pixel size. The input's pixel size comes from its metadata (OME-XML, Aperio ``MPP``, TIFF
 resolution tags; see ``nucseg.utils.resolution``) or ``--mpp``; the model's from the run
@@ -42,21 +43,30 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nucseg.inference.instances import PostprocessSettings, settings_from_model
+from nucseg.inference.instances import PostprocessSettings, postprocess_settings
+from nucseg.inference.settings import InferenceSettings
+from nucseg.inference.tiling import BLEND_MODES
+from nucseg.inference.tta import TTA_MODES
 from nucseg.io.images import IMAGE_SUFFIXES
 from nucseg.predict.grid import OutputPaths
 from nucseg.predict.runner import DEFAULT_STREAM_ABOVE, SLIDE_SUFFIXES, predict_file
 from nucseg.utils.resolution import PLAUSIBLE_MPP, model_pixel_size, plausible
 
+if TYPE_CHECKING:
+    from nucseg.checkpoint import TrainedModel
+
 logger = logging.getLogger("nucseg.predict")
+#: The sliding-window settings the command line can change (``add_inference_options``).
+INFERENCE_OPTIONS = ("tile_size", "overlap", "batch_size", "blend", "tta", "amp")
 
 #: What folder and glob inputs pick up: images and whole slides.
 INPUT_SUFFIXES = IMAGE_SUFFIXES | SLIDE_SUFFIXES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line (defaults of tiling options come from the checkpoint)."""
+    """The command line (sliding-window and post-processing options default to the run's)."""
     parser = argparse.ArgumentParser(
         prog="python -m nucseg.predict",
         description="Segment nuclei in H&E images with a trained nucseg model.",
@@ -65,18 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--checkpoint", required=True, help="run directory or .ckpt file")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder for the outputs")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
-    tiling = parser.add_argument_group("tiling (default: the model's validation settings)")
-    tiling.add_argument("--tile-size", type=int)
-    tiling.add_argument("--overlap", type=float, help="pixels (>= 1) or a fraction of the tile (< 1)")
-    tiling.add_argument("--batch-size", type=int)
-    tiling.add_argument("--blend", choices=["gaussian", "flat"])
-    tiling.add_argument("--tta", choices=["none", "flips", "d4"])
-    tiling.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="autocast the network (fp16 on CUDA, bf16 on CPU); default: float32, what the run's test scored",
-    )
+    add_inference_options(parser)
     post = parser.add_argument_group("post-processing (default: the run's)")
     post.add_argument("--threshold", type=float, help="foreground where probability > this (the rule of the run's test)")
     post.add_argument("--min-size", type=int, help="drop smaller nuclei, in pixels at the model's scale")
@@ -103,22 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=(0.0, 0.0),
         help="add X, Y (level-0 slide pixels) to polygons and centroids: a region exported from a slide",
     )
-    scale.add_argument(
-        "--tissue",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="slides: predict only where the thumbnail shows tissue (default; --no-tissue: everywhere)",
-    )
+    _switch(scale, "--tissue", True, "slides: predict only where the thumbnail shows tissue (default; --no-tissue: everywhere)")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument(
         "--probability", action="store_true", help="also write <stem>_prob.tif (uint8, 255 * p)"
     )
-    outputs.add_argument(
-        "--png",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mask and overlay PNGs (default: for images up to 4096 x 4096 pixels)",
-    )
+    _switch(outputs, "--png", None, "mask and overlay PNGs (default: for images up to 4096 x 4096 pixels)")
     parser.add_argument("--no-stain", action="store_true", help="skip stain normalisation")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
@@ -126,6 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """The :class:`InferenceSettings` a user may change, with the engine's choices; unset: the run's."""
+    window = parser.add_argument_group("sliding window (default: the run's settings)")
+    window.add_argument("--tile-size", type=int, help="tile side in pixels")
+    window.add_argument("--overlap", type=float, help="pixels (>= 1) or a fraction of the tile (< 1)")
+    window.add_argument("--batch-size", type=int, help="tiles per forward pass")
+    window.add_argument("--blend", choices=BLEND_MODES)
+    window.add_argument("--tta", choices=TTA_MODES)
+    _switch(window, "--amp", None, "autocast the network (fp16 on CUDA, bf16 on CPU); --no-amp: float32, what tests score")
+
+
+def inference_from(args: argparse.Namespace, run: InferenceSettings) -> InferenceSettings:
+    """The run's sliding-window settings with the options given on the command line."""
+    given = {key: getattr(args, key) for key in INFERENCE_OPTIONS if getattr(args, key) is not None}
+    if "overlap" in given:
+        given["overlap"] = int(given["overlap"]) if given["overlap"] >= 1 else float(given["overlap"])
+    return run.updated(given)
+
+
+def _switch(group: argparse._ActionsContainer, flag: str, default: bool | None, text: str) -> None:
+    """``--flag`` / ``--no-flag``."""
+    group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
 
 
 def collect_inputs(specs: Sequence[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
@@ -175,31 +188,15 @@ def unique_stems(files: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _tiling_from(args: argparse.Namespace, defaults: dict) -> dict:
-    """The model's inference settings overridden by the command line."""
-    tiling = {
-        key: defaults[key]
-        for key in ("tile_size", "overlap", "batch_size", "blend", "tta", "tile_multiple")
-        if key in defaults
-    }
-    if args.overlap is not None:
-        tiling["overlap"] = int(args.overlap) if args.overlap >= 1 else float(args.overlap)
-    for key in ("tile_size", "batch_size", "blend", "tta"):
-        if getattr(args, key) is not None:
-            tiling[key] = getattr(args, key)
-    tiling["amp"] = args.amp
-    return tiling
-
-
-def _load(checkpoint: str, device_name: str):  # noqa: ANN202 - the lead's SegmentationModule
-    """Load the module onto the chosen device."""
+def _load(checkpoint: str, device_name: str) -> TrainedModel:
+    """Load the trained run onto the chosen device."""
     import torch
 
-    from nucseg.checkpoint import load_module
+    from nucseg.checkpoint import load_model
 
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_module(checkpoint, map_location=torch.device(device_name))
+    return load_model(checkpoint, map_location=torch.device(device_name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,28 +210,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no images to predict", file=sys.stderr)
         return 2
     try:
-        module = _load(args.checkpoint, args.device)
+        model = _load(args.checkpoint, args.device)
     except Exception as error:  # noqa: BLE001 - one line, not a traceback, for a bad model path
         print(
             f"error: {args.checkpoint}: cannot load model ({type(error).__name__}: {error})", file=sys.stderr
         )
         return 2
-    defaults = dict(getattr(module, "inference_kwargs", {}) or {})
-    tiling = _tiling_from(args, defaults)
     try:
-        settings = settings_from_model(
-            module, args.threshold, args.min_size, args.connectivity, max_object_rows=args.max_nucleus_rows
+        inference = inference_from(args, model.inference)
+        settings = postprocess_settings(
+            model.postprocess.target,
+            model.postprocess.params,
+            args.threshold,
+            args.min_size,
+            args.connectivity,
+            max_object_rows=args.max_nucleus_rows,
         )
     except ValueError as error:
         print(f"error: {args.checkpoint}: {error}", file=sys.stderr)
         return 2
-    model_mpp = model_pixel_size(getattr(module, "run_config", None), str(args.checkpoint))
+    model_mpp = model_pixel_size(model.run_config, str(args.checkpoint))
     if args.mpp is not None and not plausible(args.mpp):
         print(
             f"error: --mpp {args.mpp}: not a pixel size in µm/px (expected {PLAUSIBLE_MPP})", file=sys.stderr
         )
         return 2
-    normalizer = None if args.no_stain else getattr(module, "stain_normalizer", None)
+    normalizer = None if args.no_stain else model.stain_normalizer
     progress = not args.no_progress
     failed_images = 0
     items = list(zip(files, unique_stems(files), strict=True))
@@ -248,10 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = predict_file(
                 path,
-                module,
+                model.module,
                 paths,
                 normalizer,
-                tiling,
+                inference,
                 settings,
                 args.stream_above,
                 progress,

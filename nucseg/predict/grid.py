@@ -15,10 +15,18 @@ slide, so QuPath places them on the slide. Rasters stay on the input's grid.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from nucseg.utils.resolution import read_pixel_size
+
+logger = logging.getLogger(__name__)
+
+#: Pixel sizes within this relative difference of the model's are not resampled (5 %).
+RESAMPLE_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -133,3 +141,28 @@ class ImageGrid:
                 "offset_xy": list(self.frame_offset),
             }
         return metadata
+
+
+def work_grid(height: int, width: int, mpp: float | None, model_mpp: float) -> ImageGrid:
+    """The grid to predict on: the image resized to ``model_mpp`` (unchanged within 5 % or unknown)."""
+    if mpp is None or abs(mpp / model_mpp - 1.0) <= RESAMPLE_TOLERANCE:
+        return ImageGrid.identity(height, width, mpp)
+    factor = mpp / model_mpp
+    return ImageGrid(height, width, max(1, round(height * factor)), max(1, round(width * factor)), mpp)
+
+
+def input_mpp(path: Path, mpp: float | None, model_mpp: float) -> float | None:
+    """The input's pixel size: ``mpp``, else its metadata's (warned about when there is none)."""
+    if mpp is not None:
+        return mpp
+    found = read_pixel_size(path)
+    if found is None:
+        logger.warning(
+            "%s: pixel size unknown (no usable resolution metadata; pass --mpp); assuming the model's %.4g µm/px",
+            path,
+            model_mpp,
+        )
+        return None
+    if abs(found.y_um / found.x_um - 1.0) > 0.01:
+        logger.warning("%s: pixels are %.4g x %.4g µm; using the width", path, found.x_um, found.y_um)
+    return found.mpp

@@ -10,7 +10,7 @@ most ``overview_pixels`` pixels, and that fixed transform is applied to every bl
 ``nucseg.inference.streaming``), so the result does not depend on how the image is cut into blocks.
 
 Pixel size. The network is run at the pixel size it was trained at: an input whose pixel size
-(``--mpp`` or its metadata) differs from the model's by more than ``RESAMPLE_TOLERANCE`` is
+(``--mpp`` or its metadata) differs from the model's by more than ``grid.RESAMPLE_TOLERANCE`` is
 resampled (``ResampledRegionReader``, region by region, so streaming works the same), nuclei are
 post-processed and measured on that grid, and the outputs are mapped back to the input's pixel
 grid (``nucseg.predict.grid``). Stains are estimated on the input as read: they do not
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from nucseg.inference.instances import DEFAULT_SETTINGS, Heads, PostprocessSettings, heads_of
+from nucseg.inference.settings import InferenceSettings
 from nucseg.inference.sliding_window import sliding_window_predict
 from nucseg.inference.streaming import (
     DEFAULT_OVERVIEW_PIXELS,
@@ -53,18 +54,15 @@ from nucseg.inference.streaming import (
 from nucseg.io.images import TIFF_SUFFIXES
 from nucseg.io.regions import ArrayRegionReader, RegionReader, open_region_reader, read_whole
 from nucseg.io.resample import ResampledRegionReader
-from nucseg.predict.grid import ImageGrid, OutputPaths
+from nucseg.predict.grid import ImageGrid, OutputPaths, input_mpp, work_grid
 from nucseg.predict.outputs import probability_bands, write_outputs
-from nucseg.utils.resolution import DEFAULT_MODEL_MPP, model_pixel_size, plausible, read_pixel_size
+from nucseg.utils.resolution import DEFAULT_MODEL_MPP, plausible, read_pixel_size
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STREAM_ABOVE = 4096 * 4096
 #: Images with more pixels get no mask/overlay PNGs unless asked (``png=True``).
 PNG_MAX_PIXELS = 4096 * 4096
-#: Pixel sizes within this relative difference of the model's are not resampled (5 %).
-RESAMPLE_TOLERANCE = 0.05
-TILING_KEYS = ("tile_size", "overlap", "batch_size", "blend", "tta", "amp", "tile_multiple")
 #: Whole-slide formats by suffix; a ``.tif``/``.tiff`` is a slide when it has a pyramid.
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".scn", ".mrxs"}
 
@@ -109,16 +107,14 @@ def is_slide(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def background_logits(model: Any) -> tuple[float, ...]:
-    """Logits that mean "no nucleus" for the model's target, for blocks that are not predicted.
+def background_logits(target: str) -> tuple[float, ...]:
+    """Logits that mean "no nucleus" for a run's ``target``, for blocks that are not predicted.
 
     Binary and distance: every channel ``SKIP_LOGIT`` (sigmoid foreground 0, distance clamped to
     0); contour: background ``-SKIP_LOGIT`` and the others ``SKIP_LOGIT`` (softmax background 1).
     """
     from nucseg.data.targets import build_target
 
-    config = getattr(model, "run_config", None) or {}
-    target = str(getattr(model, "target", None) or (config.get("module") or {}).get("target") or "binary")
     try:
         channels = int(build_target(target).out_channels)
     except (ValueError, KeyError):
@@ -128,26 +124,18 @@ def background_logits(model: Any) -> tuple[float, ...]:
     return (SKIP_LOGIT,) * channels
 
 
-def work_grid(height: int, width: int, mpp: float | None, model_mpp: float) -> ImageGrid:
-    """The grid to predict on: the image resized to ``model_mpp`` (unchanged within 5 % or unknown)."""
-    if mpp is None or abs(mpp / model_mpp - 1.0) <= RESAMPLE_TOLERANCE:
-        return ImageGrid.identity(height, width, mpp)
-    factor = mpp / model_mpp
-    return ImageGrid(height, width, max(1, round(height * factor)), max(1, round(width * factor)), mpp)
-
-
 def predict_file(
     path: str | os.PathLike[str],
     predict_fn: Callable[[torch.Tensor], torch.Tensor],
     paths: OutputPaths,
     normalizer: Any | None = None,
-    tiling: dict[str, Any] | None = None,
+    tiling: InferenceSettings | None = None,
     settings: PostprocessSettings = DEFAULT_SETTINGS,
     stream_above: int = DEFAULT_STREAM_ABOVE,
     progress: bool = False,
     overview_pixels: int = DEFAULT_OVERVIEW_PIXELS,
     mpp: float | None = None,
-    model_mpp: float | None = None,
+    model_mpp: float = DEFAULT_MODEL_MPP,
     png: bool | None = None,
     heads: Heads | None = None,
     offset: tuple[float, float] = (0.0, 0.0),
@@ -163,16 +151,16 @@ def predict_file(
         normalizer: The training stain reference (``nucseg.data.stain``), or None to predict
             the pixels as read. In-memory images use its ``normalize(image, name=...)``;
             streamed ones need ``estimate_source`` and ``apply`` as well.
-        tiling: ``sliding_window_predict`` settings (tile_size, overlap, batch_size, blend, tta,
-            amp, tile_multiple); unknown keys are an error.
-        settings: Post-processing settings.
+        tiling: Sliding-window settings (default: ``InferenceSettings()``); ``border_pad`` is
+            not used, so that a streamed image gives what it gives predicted whole.
+        settings: Post-processing settings (its ``target`` also says what a skipped block is).
         stream_above: Images with more pixels than this (input or resampled) are streamed.
         progress: Show a tqdm bar over tiles.
         overview_pixels: Most pixels of the thumbnail a streamed image's stains are estimated on.
         mpp: The input's pixel size in µm (default: from the file's metadata; when it has none,
             a warning names the file and the model's pixel size is assumed).
-        model_mpp: The pixel size the model was trained at (default: ``data.mpp`` of
-            ``predict_fn.run_config``, else 0.25).
+        model_mpp: The pixel size the model was trained at (a run's:
+            ``nucseg.utils.resolution.model_pixel_size(run_config)``).
         png: Write the mask and overlay PNGs (default: for images up to ``PNG_MAX_PIXELS``;
             slides only when True).
         heads: Logits -> probabilities -> foreground (default: ``heads_of(predict_fn)``).
@@ -187,18 +175,12 @@ def predict_file(
         nucseg.io.slide.SlideError: A slide cannot be opened.
     """
     path = Path(path)
-    tiling = dict(tiling or {})
-    unknown = set(tiling) - set(TILING_KEYS)
-    if unknown:
-        raise ValueError(f"predict: unknown tiling settings {sorted(unknown)}")
     started = time.perf_counter()
-    if model_mpp is None:
-        run_config = getattr(predict_fn, "run_config", None)
-        model_mpp = DEFAULT_MODEL_MPP if run_config is None else model_pixel_size(run_config, "model")
+    window = {key: value for key, value in (tiling or InferenceSettings()).kwargs().items() if key != "border_pad"}
     job = _Job(
         predict_fn,
         normalizer,
-        tiling,
+        window,
         settings,
         heads or heads_of(predict_fn),
         progress,
@@ -207,7 +189,7 @@ def predict_file(
     )
     if is_slide(path):
         return _predict_slide(path, job, paths, mpp, bool(png), offset, tissue, started)
-    mpp = _input_mpp(path, mpp, model_mpp)
+    mpp = input_mpp(path, mpp, model_mpp)
     reader = open_region_reader(path)
     try:
         height, width = reader.height, reader.width
@@ -222,23 +204,6 @@ def predict_file(
         reader.close()
     seconds = time.perf_counter() - started
     return ImageResult(path, height, width, nuclei, streamed, seconds, mpp, model_mpp, grid.resampled)
-
-
-def _input_mpp(path: Path, mpp: float | None, model_mpp: float) -> float | None:
-    """The input's pixel size: ``mpp``, else its metadata's (warned about when there is none)."""
-    if mpp is not None:
-        return mpp
-    found = read_pixel_size(path)
-    if found is None:
-        logger.warning(
-            "%s: pixel size unknown (no usable resolution metadata; pass --mpp); assuming the model's %.4g µm/px",
-            path,
-            model_mpp,
-        )
-        return None
-    if abs(found.y_um / found.x_um - 1.0) > 0.01:
-        logger.warning("%s: pixels are %.4g x %.4g µm; using the width", path, found.x_um, found.y_um)
-    return found.mpp
 
 
 @dataclass(frozen=True)
@@ -281,7 +246,7 @@ class _Job:
             normalize: Normalizer | None = None
             if self.normalizer is not None:
                 normalize = fixed_stain_transform(reader, self.normalizer, name, self.overview_pixels)
-            skip_logits = (SKIP_LOGIT,) if skip is None else background_logits(self.predict_fn)
+            skip_logits = (SKIP_LOGIT,) if skip is None else background_logits(self.settings.target)
             logits = stream_logits(
                 work_reader,
                 self.predict_fn,
