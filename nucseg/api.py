@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from nucseg.inference import sliding_window_predict
-from nucseg.inference.instances import PostprocessSettings
+from nucseg.inference.instances import (
+    DEFAULT_SETTINGS,
+    PostprocessSettings,
+    heads_of,
+    instance_function,
+    postprocess_settings,
+)
 from nucseg.inference.settings import InferenceSettings
 from nucseg.io.images import read_rgb_image, to_rgb_uint8
 
@@ -58,9 +64,8 @@ class NucleusModel:
         stain_normalizer: the training stain reference (``None``: the run used none).
         mpp: microns per pixel the model was trained at (``None``: unknown).
         inference: sliding-window settings (tile size, overlap, blending, TTA...).
-        threshold: probability above which a pixel is nucleus.
-        min_size: instances with fewer pixels are dropped.
-        connectivity: 1 (4-connected) or 2 (8-connected) instances.
+        postprocess: the run's post-processing (target and the parameters its test used), so
+            that contour, distance and hv runs split touching nuclei as they were scored.
     """
 
     def __init__(
@@ -69,17 +74,25 @@ class NucleusModel:
         stain_normalizer: Any | None = None,
         mpp: float | None = None,
         inference: InferenceSettings | None = None,
-        threshold: float = PostprocessSettings.threshold,
-        min_size: int = PostprocessSettings.min_size,
-        connectivity: int = PostprocessSettings.connectivity,
+        postprocess: PostprocessSettings = DEFAULT_SETTINGS,
     ) -> None:
         self.module = module
         self.stain_normalizer = stain_normalizer
         self.mpp = mpp
         self.inference = inference or InferenceSettings()
-        self.threshold = float(threshold)
-        self.min_size = int(min_size)
-        self.connectivity = int(connectivity)
+        self.postprocess = postprocess
+        self._heads = heads_of(module)
+        self._labeller = instance_function(postprocess)
+
+    @property
+    def threshold(self) -> float:
+        """Foreground probability above which a pixel is nucleus."""
+        return float(self.postprocess.params.get("threshold", self.postprocess.threshold))
+
+    @property
+    def min_size(self) -> int:
+        """Instances with fewer pixels are dropped."""
+        return int(self.postprocess.params.get("min_size", self.postprocess.min_size))
 
     def __repr__(self) -> str:
         name = getattr(self.module, "model_name", type(self.module).__name__)
@@ -106,17 +119,24 @@ class NucleusModel:
             return image
         return self.stain_normalizer.normalize(image, name=name)
 
-    def probability(self, normalized: np.ndarray, progress: bool = False) -> np.ndarray:
-        """(H, W) float32 nucleus probability of a stain-normalised uint8 image."""
+    def probabilities(self, normalized: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(C, H, W) float32 probabilities of the run's target (``SegmentationModule.probabilities``)
+        for a stain-normalised uint8 image."""
         tensor = torch.from_numpy(np.ascontiguousarray(normalized)).permute(2, 0, 1).float().div_(255.0)
         logits = sliding_window_predict(tensor, self.module, progress=progress, **self.inference.kwargs())
-        return torch.sigmoid(logits[0]).cpu().numpy().astype(np.float32)
+        return self._heads.probabilities(logits.float().cpu().numpy())
 
-    def instances(self, probability: np.ndarray) -> np.ndarray:
-        """(H, W) int32 instances of a probability map: the model's post-processing, in one place."""
-        from nucseg.postprocess.instances import label_instances
+    def probability(self, normalized: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(H, W) float32 nucleus probability of a stain-normalised uint8 image."""
+        return self._heads.foreground(self.probabilities(normalized, progress))
 
-        return label_instances(probability, self.threshold, self.min_size, self.connectivity)
+    def instances(self, probabilities: np.ndarray) -> np.ndarray:
+        """(H, W) int32 instances by the run's post-processing, from its (C, H, W) probabilities
+        (an (H, W) map is read as a binary run's one channel)."""
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        if probabilities.ndim == 2:
+            probabilities = probabilities[None]
+        return np.asarray(self._labeller(probabilities), dtype=np.int32)
 
     def measure(self, labels: np.ndarray) -> pd.DataFrame:
         """One row per nucleus: id, centroid (row, column in pixels), area (pixels, and µm² if known)."""
@@ -155,8 +175,9 @@ class NucleusModel:
         name = str(image_or_path) if isinstance(image_or_path, str | os.PathLike) else None
         image = self.read(image_or_path)
         normalized = self.normalize_stain(image, name) if normalize_stain else image
-        probability = self.probability(normalized, progress)
-        labels = self.instances(probability)
+        probabilities = self.probabilities(normalized, progress)
+        labels = self.instances(probabilities)
+        probability = self._heads.foreground(probabilities)
         return Prediction(probability=probability, labels=labels, nuclei=self.measure(labels), image=image)
 
 
@@ -165,8 +186,8 @@ def load(
     device: str | torch.device = "auto",
     mpp: float | None = None,
     threshold: float | None = None,
-    min_size: int = PostprocessSettings.min_size,
-    connectivity: int = PostprocessSettings.connectivity,
+    min_size: int | None = None,
+    connectivity: int | None = None,
     **inference: Any,
 ) -> NucleusModel:
     """Load a trained run (its directory or a ``.ckpt``) for prediction.
@@ -175,15 +196,16 @@ def load(
         run: ``logs/runs/<run>`` or a checkpoint file.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
         mpp: the training resolution in microns per pixel, when the run did not record it.
-        threshold: probability above which a pixel is nucleus (default: the run's).
-        min_size: instances with fewer pixels are dropped.
-        connectivity: 1 (4-connected) or 2 (8-connected) instances.
+        threshold: probability above which a pixel is nucleus (default: the run's
+            post-processing, as tuned on validation, which ``predict`` and the test use too).
+        min_size: instances with fewer pixels are dropped (default: the run's).
+        connectivity: binary runs: 1 (4-connected) or 2 (8-connected) instances (default: the run's).
         **inference: :class:`~nucseg.inference.settings.InferenceSettings` replacing the run's,
             e.g. ``tta="d4"``.
 
     Raises:
         nucseg.checkpoint.CheckpointError: no checkpoint, or not one written by ``train.py``.
-        ValueError: an unknown inference setting.
+        ValueError: an unknown inference setting, or ``connectivity`` for a run that is not binary.
     """
     from nucseg.checkpoint import load_model
 
@@ -195,7 +217,5 @@ def load(
         model.stain_normalizer,
         mpp if mpp is not None else model.mpp,
         model.inference.updated(inference),
-        model.threshold if threshold is None else threshold,
-        min_size,
-        connectivity,
+        postprocess_settings(model.postprocess.target, model.postprocess.params, threshold, min_size, connectivity),
     )

@@ -37,11 +37,12 @@ def model(tiny_run: Path) -> NucleusModel:
 
 
 @pytest.mark.slow
-def test_load_carries_stain_reference_resolution_tiling_and_postprocessing(model: NucleusModel):
+def test_load_carries_stain_reference_resolution_tiling_and_postprocessing(model: NucleusModel, tiny_run: Path):
     assert model.stain_normalizer is not None and model.stain_normalizer.is_fitted
     assert model.mpp == 0.5
     assert model.inference.tile_size == 64 and model.inference.overlap == 16
-    assert model.threshold == 0.5 and model.min_size == 10
+    assert model.postprocess == load_model(tiny_run).postprocess  # what predict and the test use
+    assert model.threshold == 0.5 and model.min_size == 10  # the run's, as predict and the test use them
     assert "NucleusModel(unet" in repr(model) and model.device.type == "cpu"
 
 
@@ -111,6 +112,34 @@ def test_nuclei_table_has_one_row_per_instance():
     result = model.predict(dark_disks)
     # two squares of 100 and 120 px; DarknessNet's 3x3 mean loses each square's 4 corner pixels
     assert result.labels.max() == 2 and result.nuclei["area_px"].tolist() == [96, 116]
+
+
+class ContourStub(torch.nn.Module):
+    """Logits of background / interior / boundary read off the red / green / blue channels."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 20.0 * (images - 0.5)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(dim=1)
+
+    def foreground_probability(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return 1.0 - probabilities[:, :1]
+
+
+def test_predict_uses_the_runs_post_processing_so_a_contour_run_splits_touching_nuclei():
+    image = np.zeros((30, 40, 3), np.uint8)
+    image[..., 0] = 255  # background
+    image[5:15, 5:14] = image[5:15, 16:25] = (0, 255, 0)  # two interiors
+    image[5:15, 14:16] = (0, 0, 255)  # the boundary between them
+    contour = NucleusModel(ContourStub().eval(), postprocess=postprocess_settings("contour", {"min_size": 0}))
+    result = contour.predict(image)
+    assert result.labels.max() == 2, "the boundary channel must split the touching pair"
+    assert np.all(result.probability[5:15, 5:25] > 0.99) and np.all(result.probability[20:] < 0.01)
+    binary = NucleusModel(ContourStub().eval(), postprocess=postprocess_settings("binary"))
+    assert binary.instances(result.probability).max() == 1  # one connected foreground
+    stricter = postprocess_settings("binary", {"threshold": 0.6, "min_size": 30})
+    assert NucleusModel(DarknessNet().eval(), postprocess=stricter).min_size == 30
 
 
 def test_resolution_comes_from_the_run_config():
