@@ -46,6 +46,7 @@ import torch
 
 from nucseg.data.stain.apply import COLOUR_TABLE_MIN_PIXELS, colour_table, lookup_colours
 from nucseg.inference.sliding_window import (
+    DEFAULTS,
     TileGrid,
     accumulate_tiles,
     gather_tiles,
@@ -155,13 +156,13 @@ def stream_logits(
     reader: RegionReader,
     predict_fn: Callable[[torch.Tensor], torch.Tensor],
     normalize: Normalizer | None = None,
-    tile_size: int | tuple[int, int] = 256,
-    overlap: int | float = 64,
-    batch_size: int = 8,
-    blend: str = "gaussian",
-    tta: str = "none",
-    amp: bool = False,
-    tile_multiple: int | None = None,
+    tile_size: int | tuple[int, int] = DEFAULTS.tile_size,
+    overlap: int | float = DEFAULTS.overlap,
+    batch_size: int = DEFAULTS.batch_size,
+    blend: str = DEFAULTS.blend,
+    tta: str = DEFAULTS.tta,
+    amp: bool = DEFAULTS.amp,
+    tile_multiple: int | None = DEFAULTS.tile_multiple,
     block_tiles: tuple[int, int] = (2, 8),
     progress: bool = False,
     skip: SkipFn | None = None,
