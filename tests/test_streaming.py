@@ -18,7 +18,8 @@ from PIL import Image
 from scipy import ndimage
 
 from nucseg.data.stain import MacenkoStainNormalizer, stain_normalizer_from_state_dict
-from nucseg.inference import sliding_window_predict
+from nucseg.data.stain.apply import colour_table
+from nucseg.inference import sliding_window_predict, streaming
 from nucseg.inference.instances import PostprocessSettings, heads_of, sigmoid
 from nucseg.inference.settings import InferenceSettings
 from nucseg.inference.streaming import fixed_stain_transform, stream_logits
@@ -202,7 +203,9 @@ def stream_recorded(
     return np.concatenate([band for _, band in bands], axis=1), outputs
 
 
-def test_one_stain_transform_makes_streaming_block_layout_independent(stain_reference: dict) -> None:
+def test_one_stain_transform_makes_streaming_block_layout_independent(
+    stain_reference: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     image = he_image(300, 330, seed=4)
     normalizer = stain_normalizer_from_state_dict(stain_reference)
     estimate = normalizer.estimate_source(read_overview(ArrayRegionReader(image), 4000), name="slide")
@@ -226,6 +229,13 @@ def test_one_stain_transform_makes_streaming_block_layout_independent(stain_refe
     # a slide-sized image goes through a table of all colours: the same pixels
     table_map = fixed_stain_transform(ArrayRegionReader(image), normalizer, "slide", 4000, colour_table_above=0)
     assert np.array_equal(table_map(image), expected_pixels)
+    # the choice counts the pixels the transform will map (a resampled grid), not the input's
+    tables = []
+    monkeypatch.setattr(streaming, "colour_table", lambda transform: tables.append(colour_table(transform)) or tables[-1])
+    pixels = image.shape[0] * image.shape[1]
+    for mapped, built in [(pixels // 2, 0), (pixels * 2, 1)]:
+        normalize = fixed_stain_transform(ArrayRegionReader(image), normalizer, "slide", 4000, pixels, mapped_pixels=mapped)
+        assert len(tables) == built and np.array_equal(normalize(image), expected_pixels)
     # what this replaces: estimating per block makes the result depend on the layout
     per_block = [
         stream_recorded(RecordingReader(image), normalizer.normalize, block)[0] for block in [(1, 1), (2, 3)]

@@ -102,6 +102,7 @@ def fixed_stain_transform(
     name: str | None = None,
     max_pixels: int = DEFAULT_OVERVIEW_PIXELS,
     colour_table_above: int = COLOUR_TABLE_MIN_PIXELS,
+    mapped_pixels: int | None = None,
 ) -> Normalizer:
     """Estimate the image's stains once from ``read_overview`` and return the fixed per-block map.
 
@@ -113,6 +114,8 @@ def fixed_stain_transform(
         colour_table_above: images of at least this many pixels are mapped through a table of
             all 2**24 colours (:func:`nucseg.data.stain.apply.colour_table`, built once, ~3 s on
             2 cores): the same pixels as ``apply`` block by block, in about half the time.
+        mapped_pixels: how many pixels the transform will map (default: the reader's); an image
+            resampled to the model's pixel size maps its resampled grid, not the input's.
 
     Returns:
         region -> ``normalizer.apply(region, estimate)`` (for Macenko the transform training
@@ -146,7 +149,9 @@ def fixed_stain_transform(
     def normalize(region: np.ndarray) -> np.ndarray:
         return normalizer.apply(region, estimate)
 
-    if estimate is None or reader.height * reader.width < colour_table_above:
+    if mapped_pixels is None:
+        mapped_pixels = reader.height * reader.width
+    if estimate is None or mapped_pixels < colour_table_above:
         return normalize
     table = colour_table(normalize)
     return lambda region: lookup_colours(region, table)

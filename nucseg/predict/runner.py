@@ -245,7 +245,9 @@ class _Job:
         if streamed:
             normalize: Normalizer | None = None
             if self.normalizer is not None:
-                normalize = fixed_stain_transform(reader, self.normalizer, name, self.overview_pixels)
+                normalize = fixed_stain_transform(
+                    reader, self.normalizer, name, self.overview_pixels, mapped_pixels=work_reader.height * work_reader.width
+                )
             skip_logits = (SKIP_LOGIT,) if skip is None else background_logits(self.settings.target)
             logits = stream_logits(
                 work_reader,
